@@ -1,0 +1,203 @@
+"""Plan rows (tasks, runs, parcels) to and from the solver's types. Functions take a connection."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from solver.admission import Insertion, PlanState
+from solver.model import OrderReq, Plan, Reservation, Run, Task, World, from_minute, to_minute
+
+LIVE = ("confirmed", "cooking", "on_the_way", "in_cabinet")
+
+
+def ts(minute: int) -> datetime:
+    return from_minute(minute)
+
+
+async def _tasks(conn: asyncpg.Connection, kitchen_ids: list[str], after: datetime) -> list[Task]:
+    rows = await conn.fetch(
+        """select t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, t.start_at, t.end_at,
+                  t.status,
+                  coalesce(array_agg(u.order_id) filter (where u.order_id is not null), '{}') as oids,
+                  coalesce(array_agg(u.units) filter (where u.order_id is not null), '{}') as units
+             from tasks t left join task_units u on u.task_id = t.id
+            where t.kitchen_id = any($1::text[]) and t.end_at > $2
+            group by t.id""",
+        kitchen_ids,
+        after,
+    )
+    now_m = to_minute(after)
+    out = []
+    for r in rows:
+        start = to_minute(r["start_at"])
+        out.append(
+            Task(
+                r["id"], r["kitchen_id"], r["resource"], r["kind"], r["sku"], r["step"], start,
+                to_minute(r["end_at"]), dict(zip(r["oids"], r["units"], strict=True)),
+                frozen=r["status"] == "done" or start <= now_m,
+            )
+        )
+    return out
+
+
+async def _runs(conn: asyncpg.Connection, kitchen_ids: list[str], after: datetime) -> list[Run]:
+    rows = await conn.fetch(
+        """select r.id, r.kitchen_id, r.station_id, r.depart_at, r.arrive_at, r.back_at, r.status,
+                  coalesce(array_agg(o.order_id order by o.order_id)
+                           filter (where o.order_id is not null), '{}') as oids
+             from runs r left join run_orders o on o.run_id = r.id
+            where r.kitchen_id = any($1::text[]) and r.back_at > $2
+            group by r.id""",
+        kitchen_ids,
+        after,
+    )
+    now_m = to_minute(after)
+    out = []
+    for r in rows:
+        depart = to_minute(r["depart_at"])
+        out.append(
+            Run(
+                r["id"], r["kitchen_id"], r["station_id"], depart, to_minute(r["arrive_at"]),
+                to_minute(r["back_at"]), list(r["oids"]),
+                frozen=r["status"] == "departed" or depart <= now_m,
+            )
+        )
+    return out
+
+
+async def _reservations(
+    conn: asyncpg.Connection, cabinet_ids: list[str], after: datetime
+) -> list[Reservation]:
+    rows = await conn.fetch(
+        """select p.order_id, s.cabinet_id, p.zone, p.size, s.label,
+                  lower(p.during) as f, upper(p.during) as t, p.state
+             from parcels p join slots s on s.id = p.slot_id
+            where s.cabinet_id = any($1::text[])
+              and p.state in ('reserved', 'deposited')
+              and upper(p.during) > $2""",
+        cabinet_ids,
+        after,
+    )
+    return [
+        Reservation(
+            r["order_id"], r["cabinet_id"], r["zone"], r["size"], r["label"], to_minute(r["f"]),
+            to_minute(r["t"]), frozen=r["state"] == "deposited",
+        )
+        for r in rows
+    ]
+
+
+async def load_state(
+    conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
+) -> PlanState:
+    """What admission needs: the kitchen's work still ahead and the station's slot time."""
+    state = PlanState(world)
+    plan = Plan()
+    for t in await _tasks(conn, [kitchen_id], now):
+        plan.tasks[t.id] = t
+    for r in await _runs(conn, [kitchen_id], now):
+        plan.runs[r.id] = r
+    plan.reservations = await _reservations(
+        conn, list(world.station_cabinets.get(station_id, [])), now
+    )
+    state.load(plan)
+    return state
+
+
+async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[str]) -> Plan:
+    """The whole plan of live orders of some kitchens, for ``solver.check``."""
+    orows = await conn.fetch(
+        """select id, kitchen_id, station_id, cabinet_id, eta, items from orders
+            where kitchen_id = any($1::text[]) and status = any($2::text[])""",
+        kitchen_ids,
+        list(LIVE),
+    )
+    plan = Plan()
+    for r in orows:
+        plan.orders[r["id"]] = OrderReq(
+            r["id"], r["kitchen_id"], r["station_id"], to_minute(r["eta"]),
+            {i["sku"]: i["qty"] for i in r["items"]}, r["cabinet_id"],
+        )
+    epoch = datetime.fromtimestamp(0).astimezone()
+    for t in await _tasks(conn, kitchen_ids, epoch):
+        t.units = {o: u for o, u in t.units.items() if o in plan.orders}
+        if t.units:
+            plan.tasks[t.id] = t
+    for run in await _runs(conn, kitchen_ids, epoch):
+        run.orders = [o for o in run.orders if o in plan.orders]
+        if run.orders:
+            plan.runs[run.id] = run
+    cabinets = sorted({o.cabinet_id for o in plan.orders.values() if o.cabinet_id})
+    plan.reservations = [
+        rv for rv in await _reservations(conn, cabinets, epoch) if rv.order_id in plan.orders
+    ]
+    return plan
+
+
+async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
+    oid = ins.order.id
+    if ins.new_tasks:
+        await conn.executemany(
+            """insert into tasks (id, kitchen_id, resource, kind, sku, step, start_at, end_at)
+               values ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            [
+                (t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, ts(t.start), ts(t.end))
+                for t in ins.new_tasks
+            ],
+        )
+    unit_rows = [(t.id, oid, t.units[oid]) for t in ins.new_tasks]
+    unit_rows += [(tid, oid, n) for tid, n in ins.joins.items()]
+    await conn.executemany(
+        """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
+           on conflict (task_id, order_id) do update set units = task_units.units + excluded.units""",
+        unit_rows,
+    )
+    r = ins.run
+    if ins.run_is_new:
+        await conn.execute(
+            """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
+               values ($1, $2, $3, $4, $5, $6)""",
+            r.id, r.kitchen_id, r.station_id, ts(r.depart), ts(r.arrive), ts(r.back),
+        )
+    await conn.execute("insert into run_orders (run_id, order_id) values ($1, $2)", r.id, oid)
+    await conn.executemany(
+        """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
+           select $1, $2, $3, s.id, tstzrange($6, $7), $8
+             from slots s where s.cabinet_id = $4 and s.label = $5""",
+        [
+            (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end),
+             ts(ins.expiry[rv.zone]))
+            for rv in ins.reservations
+        ],
+    )
+
+
+async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str, now: datetime) -> None:
+    """Take an order's work that has not started out of the plan and free its reserved slots."""
+    await conn.execute(
+        """delete from task_units u using tasks t
+            where u.task_id = t.id and u.order_id = $1 and t.status = 'planned' and t.start_at > $2""",
+        order_id,
+        now,
+    )
+    await conn.execute(
+        """delete from tasks t where t.kitchen_id = $1 and t.status = 'planned' and t.start_at > $2
+              and not exists (select 1 from task_units u where u.task_id = t.id)""",
+        kitchen_id,
+        now,
+    )
+    await conn.execute(
+        """delete from run_orders o using runs r
+            where o.run_id = r.id and o.order_id = $1 and r.status = 'planned' and r.depart_at > $2""",
+        order_id,
+        now,
+    )
+    await conn.execute(
+        """delete from runs r where r.kitchen_id = $1 and r.status = 'planned' and r.depart_at > $2
+              and not exists (select 1 from run_orders o where o.run_id = r.id)""",
+        kitchen_id,
+        now,
+    )
+    await conn.execute("delete from parcels where order_id = $1 and state = 'reserved'", order_id)

@@ -1,0 +1,175 @@
+"""The application factory. Nothing happens at import time: the pool, migrations, the network and
+background loops are opened and closed by cleanup contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+
+import asyncpg
+from aiohttp import web
+
+from db.migrate import migrate
+from db.pool import create_pool, init_connection
+from db.queries.network import save_network
+from solver.model import NetworkSpec
+
+from .api import load_all
+from .api.keys import CTX
+from .clock import Clock, SystemClock
+from .http import SECRET_KEY, Api, openapi, problem_middleware
+from .ordering import Ctx
+from .settings import Settings
+
+log = logging.getLogger("exitbox.app")
+VERSION = "0.1.0"
+
+
+@dataclass
+class Metrics:
+    """A few Prometheus series kept in process."""
+
+    requests: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    latency_sum: dict[str, float] = field(default_factory=dict)
+    latency_buckets: dict[tuple[str, float], int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, float("inf"))
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_sum[route] = self.latency_sum.get(route, 0.0) + seconds
+        for b in self.BUCKETS:
+            if seconds <= b:
+                self.latency_buckets[(route, b)] = self.latency_buckets.get((route, b), 0) + 1
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def render(self) -> str:
+        lines = ["# TYPE exitbox_http_requests_total counter"]
+        for (route, method, status), n in sorted(self.requests.items()):
+            lines.append(
+                f'exitbox_http_requests_total{{route="{route}",method="{method}",'
+                f'status="{status}"}} {n}'
+            )
+        lines.append("# TYPE exitbox_http_request_seconds histogram")
+        for (route, b), n in sorted(self.latency_buckets.items()):
+            le = "+Inf" if b == float("inf") else str(b)
+            lines.append(f'exitbox_http_request_seconds_bucket{{route="{route}",le="{le}"}} {n}')
+        for route, s in sorted(self.latency_sum.items()):
+            lines.append(f'exitbox_http_request_seconds_sum{{route="{route}"}} {s:.6f}')
+        for name, n in sorted(self.counters.items()):
+            lines.append(f"# TYPE exitbox_{name} counter")
+            lines.append(f"exitbox_{name} {n}")
+        return "\n".join(lines) + "\n"
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)  # noqa: RUF100
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    t0 = time.perf_counter()
+    resp = await handler(request)
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    request.app[METRICS].observe(name, request.method, resp.status, time.perf_counter() - t0)
+    return resp
+
+
+def create_app(
+    settings: Settings,
+    database_url: str,
+    secret: str,
+    *,
+    clock: Clock | None = None,
+    network: NetworkSpec | None = None,
+    background: bool = True,
+    extra_startup: Callable[[web.Application], AsyncIterator[None]] | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics_middleware, problem_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SECRET_KEY] = secret
+    app[METRICS] = Metrics()
+    api = load_all()
+    api.register(app)
+    _ops_routes(app, api)
+    clock = clock or SystemClock()
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await init_connection(conn)
+            applied = await migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+            if network is not None:
+                async with conn.transaction():
+                    stats = await save_network(conn, network)
+                log.info("network %s loaded: %s", network.city, stats)
+        finally:
+            await conn.close()
+        pool = await create_pool(database_url, settings.pool_min, settings.pool_max)
+        app[CTX] = Ctx(pool, settings, secret, clock)
+        yield
+        await pool.close()
+
+    async def sweeper(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweep_loop(app)) if background else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(sweeper)
+    if extra_startup is not None:
+        app.cleanup_ctx.append(extra_startup)
+    return app
+
+
+async def _sweep_loop(app: web.Application) -> None:
+    from .operations import sweep_expired
+
+    ctx = app[CTX]
+    while True:
+        try:
+            n = await sweep_expired(ctx)
+            if n:
+                app[METRICS].inc("parcels_expired_total", n)
+                log.info("expired %d orders", n)
+        except Exception as exc:  # keep sweeping through outages
+            log.warning("expiry sweep failed: %s", exc)
+        await asyncio.sleep(ctx.settings.expiry_sweep_seconds)
+
+
+def _ops_routes(app: web.Application, api: Api) -> None:
+    spec_doc = openapi(api, "exitbox", VERSION)
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(spec_doc)
+
+    async def docs(request: web.Request) -> web.Response:
+        html = (resources.files("service.web") / "static" / "docs.html").read_text("utf-8")
+        return web.Response(text=html, content_type="text/html")
+
+    async def problem_doc(request: web.Request) -> web.Response:
+        slug = request.match_info["slug"]
+        return web.Response(text=json.dumps({"type": f"/problems/{slug}"}),
+                            content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)
+    app.router.add_get("/problems/{slug}", problem_doc)

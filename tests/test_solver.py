@@ -1,0 +1,238 @@
+"""The pure planner: admission on the tiny morning, and a checker that catches broken plans."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+
+from solver.admission import Insertion, PlanState, Rejection, admit, id_factory, offerable
+from solver.check import check
+from solver.model import OrderReq, Plan, Settings, World, to_minute
+
+from .conftest import EXAMPLES, tiny_network
+
+S = Settings()
+
+
+def world() -> World:
+    return World.from_spec(tiny_network())
+
+
+def morning() -> list[tuple[int, OrderReq]]:
+    out = []
+    with open(EXAMPLES / "tiny-orders.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            items: dict[str, int] = {}
+            for part in row["items"].split(";"):
+                sku, qty = part.split("*")
+                items[sku] = items.get(sku, 0) + int(qty)
+            out.append((
+                to_minute(datetime.fromisoformat(row["placed_at"])),
+                OrderReq(row["order_id"], row["kitchen_id"], row["station_id"],
+                         to_minute(datetime.fromisoformat(row["eta"])), items),
+            ))
+    return out
+
+
+def admitted_plan() -> tuple[World, PlanState, dict[str, Insertion | Rejection]]:
+    w = world()
+    state = PlanState(w)
+    new_id = id_factory()
+    results: dict[str, Insertion | Rejection] = {}
+    for now, order in morning():
+        r = admit(w, state, order, now, S, new_id)
+        results[order.id] = r
+        if isinstance(r, Insertion):
+            state.apply(r)
+            assert check(w, state.plan, S) == [], order.id
+    return w, state, results
+
+
+def test_tiny_morning_admits_some_and_every_plan_passes_the_checker() -> None:
+    w, state, results = admitted_plan()
+    confirmed = [o for o, r in results.items() if isinstance(r, Insertion)]
+    assert len(confirmed) >= 4
+    assert check(w, state.plan, S) == []
+    for oid in confirmed:
+        ins = results[oid]
+        assert isinstance(ins, Insertion)
+        o = state.plan.orders[oid]
+        assert ins.deposit <= o.eta  # on time
+        assert all(e >= o.eta + S.grace for e in ins.expiry.values())  # fresh to eta+grace
+
+
+def test_deposit_lands_margin_before_eta_when_there_is_room() -> None:
+    w = world()
+    state = PlanState(w)
+    now, order = morning()[0]
+    r = admit(w, state, order, now, S, id_factory())
+    assert isinstance(r, Insertion)
+    assert r.deposit == order.eta - S.margin
+
+
+def test_second_order_joins_the_open_croissant_batch_and_the_run() -> None:
+    w = world()
+    w.kitchens["bakery"].capacity["pack"] = 2  # packing is not what this test is about
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    now = eta - 120
+    a = admit(w, state, OrderReq("a", "bakery", "north", eta, {"croissant": 2}), now, S, new_id)
+    assert isinstance(a, Insertion)
+    state.apply(a)
+    b = admit(w, state, OrderReq("b", "bakery", "north", eta, {"croissant": 3}), now, S, new_id)
+    assert isinstance(b, Insertion)
+    assert b.joins, "the second order should join the open oven batch"
+    assert not b.run_is_new and b.run.id == a.run.id
+    state.apply(b)
+    assert check(w, state.plan, S) == []
+    ovens = [t for t in state.plan.tasks.values() if t.resource == "oven"]
+    assert len(ovens) == 1 and ovens[0].total_units == 5
+
+
+def test_rejects_with_reasons() -> None:
+    w = world()
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    too_late = admit(w, state, OrderReq("x", "bakery", "north", eta, {"bread": 1}), eta - 20, S,
+                     new_id)
+    assert isinstance(too_late, Rejection) and too_late.reason == "too-late"
+    closed = admit(w, state, OrderReq("y", "bakery", "north", eta + 12 * 60, {"croissant": 1}),
+                   eta - 60, S, new_id)
+    assert isinstance(closed, Rejection) and closed.reason == "closed"
+    invalid = admit(w, state, OrderReq("z", "bakery", "north", eta, {"pizza": 1}), eta - 90, S,
+                    new_id)
+    assert isinstance(invalid, Rejection) and invalid.reason == "invalid"
+
+
+def test_cabinet_full_is_reported_as_no_cabinet_capacity() -> None:
+    w = world()
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    # north has 2 chilled slots: a third chilled parcel for the same time finds none
+    reasons = []
+    for i in range(3):
+        r = admit(w, state, OrderReq(f"j{i}", "bakery", "north", eta, {"juice": 1}), eta - 120, S,
+                  new_id)
+        if isinstance(r, Insertion):
+            state.apply(r)
+        else:
+            reasons.append(r.reason)
+    assert reasons == ["no-cabinet-capacity"]
+    assert check(w, state.plan, S) == []
+
+
+def test_remove_frees_everything_for_the_next_order() -> None:
+    w, state, results = admitted_plan()
+    first = next(o for o, r in results.items() if isinstance(r, Insertion))
+    state.remove(first)
+    assert first not in state.plan.orders
+    assert all(first not in t.units for t in state.plan.tasks.values())
+    assert all(first not in r.orders for r in state.plan.runs.values())
+    assert check(w, state.plan, S) == []
+
+
+def test_offerable_respects_hours_and_lead() -> None:
+    w = world()
+    k = w.kitchens["bakery"]
+    eta = morning()[0][1].eta
+    assert offerable(k, "croissant", "north", eta, eta - 60, S.grace)
+    assert not offerable(k, "bread", "north", eta, eta - 30, S.grace)
+    assert not offerable(k, "croissant", "north", eta + 10 * 60, eta, S.grace)
+
+
+# ---------------------------------------------------------------- the checker can fail
+
+
+def _broken(mutate) -> list[str]:  # type: ignore[no-untyped-def]
+    w, state, _ = admitted_plan()
+    plan: Plan = state.plan.copy()
+    mutate(w, plan)
+    return [v.rule for v in check(w, plan, S)]
+
+
+def test_checker_catches_resource_overload() -> None:
+    def m(w: World, p: Plan) -> None:
+        t = next(t for t in p.tasks.values() if t.resource == "oven")
+        dup = replace(t, id="dup", units=dict(t.units))
+        p.tasks["dup"] = dup
+    assert "kitchen" in _broken(m)
+
+
+def test_checker_catches_step_order_and_batch() -> None:
+    def order_swap(w: World, p: Plan) -> None:
+        oid = next(o for o, r in p.orders.items() if "egg-roll" in r.items)
+        t2 = next(t for t in p.tasks.values() if t.sku == "egg-roll" and t.step == 2
+                  and oid in t.units)
+        t2.start, t2.end = t2.start - 30, t2.end - 30
+    assert "kitchen" in _broken(order_swap)
+
+    def overfill(w: World, p: Plan) -> None:
+        t = next(t for t in p.tasks.values() if t.sku == "croissant")
+        oid = next(iter(t.units))
+        t.units[oid] += 40
+    assert "kitchen" in _broken(overfill)
+
+
+def test_checker_catches_early_departure_and_courier_overlap() -> None:
+    def early(w: World, p: Plan) -> None:
+        r = next(iter(p.runs.values()))
+        for x in (r,):
+            x.depart -= 30
+            x.arrive -= 30
+            x.back -= 30
+    rules = _broken(early)
+    assert "runs" in rules
+
+    def extra_run(w: World, p: Plan) -> None:
+        r = next(iter(p.runs.values()))
+        p.runs["r-dup"] = replace(r, id="r-dup", orders=[])
+    assert "runs" in _broken(extra_run)
+
+
+def test_checker_catches_double_booked_slot_wrong_size_and_staleness() -> None:
+    def double(w: World, p: Plan) -> None:
+        a, b = p.reservations[0], next(r for r in p.reservations[1:]
+                                      if r.cabinet_id == p.reservations[0].cabinet_id
+                                      and r.zone == p.reservations[0].zone)
+        b.slot = a.slot
+        b.start, b.end = a.start, a.end
+    assert "cabinet" in _broken(double)
+
+    def small(w: World, p: Plan) -> None:
+        rv = next(r for r in p.reservations if r.size == "M" and r.zone == "hot")
+        rv.slot = "H04"  # the one S slot at north
+    assert "cabinet" in _broken(small)
+
+    def stale(w: World, p: Plan) -> None:
+        rv = p.reservations[0]
+        rv.end += 500
+    assert "freshness" in _broken(stale)
+
+
+@pytest.mark.parametrize("n", [50, 200])
+def test_many_random_orders_keep_every_rule(n: int) -> None:
+    import random
+
+    rng = random.Random(n)
+    w = world()
+    state = PlanState(w)
+    new_id = id_factory()
+    base = morning()[0][1].eta - 60
+    skus = ["croissant", "egg-roll", "juice", "bread"]
+    confirmed = 0
+    for i in range(n):
+        eta = base + rng.randrange(0, 150)
+        items = {s: rng.randint(1, 3) for s in rng.sample(skus, rng.randint(1, 2))}
+        o = OrderReq(f"o{i}", "bakery", rng.choice(["north", "south"]), eta, items)
+        r = admit(w, state, o, eta - rng.randrange(45, 200), S, new_id)
+        if isinstance(r, Insertion):
+            state.apply(r)
+            confirmed += 1
+    assert confirmed > 5
+    assert check(w, state.plan, S) == []
