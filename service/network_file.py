@@ -56,11 +56,13 @@ def parse_network(text: str, name: str) -> NetworkSpec:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         elif isinstance(exc, json.JSONDecodeError):
             where = f" at line {exc.lineno}, column {exc.colno}"
-        raise NetworkFileError(f"{name}: not valid {'JSON' if name.endswith('.json') else 'YAML'}"
-                               f"{where}") from None
+        raise NetworkFileError(
+            f"{name}: not valid {'JSON' if name.endswith('.json') else 'YAML'}{where}"
+        ) from None
     if not isinstance(data, dict):
-        raise NetworkFileError(f"{name}: the top level must be a mapping with city, timezone, "
-                               "stations and kitchens")
+        raise NetworkFileError(
+            f"{name}: the top level must be a mapping with city, timezone, stations and kitchens"
+        )
     try:
         return NetworkSpec.model_validate(data)
     except ValidationError as exc:

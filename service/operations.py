@@ -45,22 +45,34 @@ def _scoped(principal: Principal, role: str, scope_id: str, what: str) -> None:
 
 def _task_out(r: asyncpg.Record, units: list[asyncpg.Record], batch: int) -> TaskOut:
     return TaskOut(
-        id=r["id"], resource=r["resource"], kind=r["kind"], sku=r["sku"], step=r["step"],
-        start=r["start_at"], end=r["end_at"], units=sum(u["units"] for u in units), batch=batch,
+        id=r["id"],
+        resource=r["resource"],
+        kind=r["kind"],
+        sku=r["sku"],
+        step=r["step"],
+        start=r["start_at"],
+        end=r["end_at"],
+        units=sum(u["units"] for u in units),
+        batch=batch,
         orders=[TaskOrder(order_id=u["order_id"], units=u["units"]) for u in units],
         status=r["status"],
     )
 
 
-async def kitchen_plan(ctx: Ctx, principal: Principal, kitchen_id: str,
-                       frm: datetime | None, to: datetime | None) -> KitchenPlan:
+async def kitchen_plan(
+    ctx: Ctx, principal: Principal, kitchen_id: str, frm: datetime | None, to: datetime | None
+) -> KitchenPlan:
     _scoped(principal, "kitchen", kitchen_id, f"kitchen {kitchen_id}")
     now = ctx.clock.now()
     frm = frm or now - timedelta(minutes=30)
     to = to or now + timedelta(hours=2)
     if to <= frm or to - frm > timedelta(days=2):
-        raise Problem(422, "validation", "query field 'to': must be after 'from' and within 2 days",
-                      errors=[{"field": "to", "in": "query", "reason": "bad range"}])
+        raise Problem(
+            422,
+            "validation",
+            "query field 'to': must be after 'from' and within 2 days",
+            errors=[{"field": "to", "in": "query", "reason": "bad range"}],
+        )
     async with ctx.pool.acquire() as conn:
         spec, _ = await ctx.worlds.get(conn)
         k = spec.kitchen(kitchen_id)
@@ -68,36 +80,54 @@ async def kitchen_plan(ctx: Ctx, principal: Principal, kitchen_id: str,
             raise not_found(f"kitchen {kitchen_id}")
         tasks = await conn.fetch(
             """select * from tasks where kitchen_id = $1 and end_at > $2 and start_at < $3
-                order by start_at, id""", kitchen_id, frm, to,
+                order by start_at, id""",
+            kitchen_id,
+            frm,
+            to,
         )
         units = await conn.fetch(
             "select task_id, order_id, units from task_units where task_id = any($1::text[]) "
-            "order by order_id", [t["id"] for t in tasks],
+            "order by order_id",
+            [t["id"] for t in tasks],
         )
         runs = await conn.fetch(
             """select r.*, coalesce(array_agg(o.order_id order by o.order_id)
                                     filter (where o.order_id is not null), '{}') as oids
                  from runs r left join run_orders o on o.run_id = r.id
                 where r.kitchen_id = $1 and r.back_at > $2 and r.depart_at < $3
-                group by r.id order by r.depart_at""", kitchen_id, frm, to,
+                group by r.id order by r.depart_at""",
+            kitchen_id,
+            frm,
+            to,
         )
     by_task: dict[str, list[asyncpg.Record]] = defaultdict(list)
     for u in units:
         by_task[u["task_id"]].append(u)
     batch_of = {(m.sku, i + 1): s.batch for m in k.menu for i, s in enumerate(m.steps)}
-    outs = [
-        _task_out(t, by_task[t["id"]], batch_of.get((t["sku"], t["step"]), 1)) for t in tasks
-    ]
+    outs = [_task_out(t, by_task[t["id"]], batch_of.get((t["sku"], t["step"]), 1)) for t in tasks]
     resources = [
         ResourcePlan(id=r.id, capacity=r.capacity, tasks=[t for t in outs if t.resource == r.id])
         for r in k.resources
     ]
     nxt = [t for t in outs if t.status == "planned" and t.start <= now + timedelta(minutes=15)]
     return KitchenPlan(
-        kitchen_id=kitchen_id, now=now, from_=frm, to=to, resources=resources,
-        runs=[RunOut(id=r["id"], station_id=r["station_id"], depart=r["depart_at"],
-                     arrive=r["arrive_at"], back=r["back_at"], orders=list(r["oids"]),
-                     status=r["status"]) for r in runs],
+        kitchen_id=kitchen_id,
+        now=now,
+        from_=frm,
+        to=to,
+        resources=resources,
+        runs=[
+            RunOut(
+                id=r["id"],
+                station_id=r["station_id"],
+                depart=r["depart_at"],
+                arrive=r["arrive_at"],
+                back=r["back_at"],
+                orders=list(r["oids"]),
+                status=r["status"],
+            )
+            for r in runs
+        ],
         next=nxt[:12],
     )
 
@@ -116,9 +146,7 @@ async def task_done(ctx: Ctx, principal: Principal, kitchen_id: str, task_id: st
             task_id,
         )
         if t["status"] != "done":
-            await conn.execute(
-                "update tasks set status = 'done', done_at = $2 where id = $1", task_id, now
-            )
+            await conn.execute("update tasks set status = 'done', done_at = $2 where id = $1", task_id, now)
             for u in units:
                 oid = u["order_id"]
                 st = await conn.fetchval("select status from orders where id = $1", oid)
@@ -145,8 +173,12 @@ async def run_depart(ctx: Ctx, principal: Principal, run_id: str) -> RunOut:
         r = await conn.fetchrow("select * from runs where id = $1 for update", run_id)
         if r is None or not principal.can("kitchen", r["kitchen_id"]):
             raise not_found(f"run {run_id}")
-        oids = [x["order_id"] for x in await conn.fetch(
-            "select order_id from run_orders where run_id = $1 order by order_id", run_id)]
+        oids = [
+            x["order_id"]
+            for x in await conn.fetch(
+                "select order_id from run_orders where run_id = $1 order by order_id", run_id
+            )
+        ]
         if r["status"] != "departed":
             await conn.execute(
                 "update runs set status = 'departed', departed_at = $2 where id = $1", run_id, now
@@ -161,16 +193,28 @@ async def run_depart(ctx: Ctx, principal: Principal, run_id: str) -> RunOut:
                     await emit(conn, oid, "departed", {"run_id": run_id}, now)
             await _bump(conn, r["kitchen_id"])
             r = await conn.fetchrow("select * from runs where id = $1", run_id)
-    return RunOut(id=r["id"], station_id=r["station_id"], depart=r["depart_at"],
-                  arrive=r["arrive_at"], back=r["back_at"], orders=oids, status=r["status"])
+    return RunOut(
+        id=r["id"],
+        station_id=r["station_id"],
+        depart=r["depart_at"],
+        arrive=r["arrive_at"],
+        back=r["back_at"],
+        orders=oids,
+        status=r["status"],
+    )
 
 
 # --------------------------------------------------------------------------- cabinet
 
 
 async def _free_slot(
-    conn: asyncpg.Connection, cabinet_id: str, zone: str, size: str, during: Range,
-    prefer: int | None, exclude_parcel: int,
+    conn: asyncpg.Connection,
+    cabinet_id: str,
+    zone: str,
+    size: str,
+    during: Range,
+    prefer: int | None,
+    exclude_parcel: int,
 ) -> tuple[int, str] | None:
     """A usable slot free of reservations over ``during`` and of parcels physically inside."""
     rows = await conn.fetch(
@@ -180,7 +224,10 @@ async def _free_slot(
                                 and p.state in ('reserved', 'deposited') and p.during && $3)
               and not exists (select 1 from parcels p where p.slot_id = s.id and p.id <> $4
                                 and p.state = 'deposited')""",
-        cabinet_id, zone, during, exclude_parcel,
+        cabinet_id,
+        zone,
+        during,
+        exclude_parcel,
     )
     fits = [r for r in rows if SIZE_RANK[r["size"]] >= SIZE_RANK[size]]
     if not fits:
@@ -196,16 +243,23 @@ async def deposit(ctx: Ctx, principal: Principal, cabinet_id: str, order_id: str
         if o is None or not principal.can("kitchen", o["kitchen_id"]):
             raise not_found(f"order {order_id}")
         if o["cabinet_id"] != cabinet_id:
-            raise Problem(409, "wrong-cabinet",
-                          f"order {order_id} goes to cabinet {o['cabinet_id']}, not {cabinet_id}")
+            raise Problem(
+                409, "wrong-cabinet", f"order {order_id} goes to cabinet {o['cabinet_id']}, not {cabinet_id}"
+            )
         await lock(conn, f"station:{o['station_id']}")
         o = await conn.fetchrow("select * from orders where id = $1 for update", order_id)
         if o["status"] == "in_cabinet":
-            labels = [r["label"] or "overflow" for r in await conn.fetch(
-                "select s.label from parcels p left join slots s on s.id = p.slot_id "
-                "where p.order_id = $1 and p.state = 'deposited' order by p.zone", order_id)]
-            return DepositOut(order_id=order_id, cabinet_id=cabinet_id, slots=labels,
-                              overflow="overflow" in labels)
+            already = [
+                r["label"] or "overflow"
+                for r in await conn.fetch(
+                    "select s.label from parcels p left join slots s on s.id = p.slot_id "
+                    "where p.order_id = $1 and p.state = 'deposited' order by p.zone",
+                    order_id,
+                )
+            ]
+            return DepositOut(
+                order_id=order_id, cabinet_id=cabinet_id, slots=already, overflow="overflow" in already
+            )
         if o["status"] not in ("confirmed", "cooking", "on_the_way"):
             raise Problem(409, "not-live", f"order {order_id} is {o['status']}")
         parcels = await conn.fetch(
@@ -216,34 +270,40 @@ async def deposit(ctx: Ctx, principal: Principal, cabinet_id: str, order_id: str
         for p in parcels:
             upper = max(p["during"].upper, now + timedelta(minutes=1))
             during = Range(now, upper)
-            got = await _free_slot(conn, cabinet_id, p["zone"], p["size"], during,
-                                   p["slot_id"], p["id"])
+            got = await _free_slot(conn, cabinet_id, p["zone"], p["size"], during, p["slot_id"], p["id"])
             slot_id, label = got if got else (None, "overflow")
             await conn.execute(
                 """update parcels set state = 'deposited', deposited_at = $2, slot_id = $3,
                           during = $4 where id = $1""",
-                p["id"], now, slot_id, during,
+                p["id"],
+                now,
+                slot_id,
+                during,
             )
             labels.append(label)
         await conn.execute(
             """update orders set status = 'in_cabinet', deposited_at = $2, updated_at = now()
-                where id = $1""", order_id, now,
+                where id = $1""",
+            order_id,
+            now,
         )
         await emit(conn, order_id, "deposited", {"slots": labels}, now)
         await _bump(conn, o["kitchen_id"])
-    return DepositOut(order_id=order_id, cabinet_id=cabinet_id, slots=labels,
-                      overflow="overflow" in labels)
+    return DepositOut(order_id=order_id, cabinet_id=cabinet_id, slots=labels, overflow="overflow" in labels)
 
 
-async def _lockout_seconds(ctx: Ctx, conn: asyncpg.Connection, cabinet_id: str,
-                           now: datetime) -> int:
+async def _lockout_seconds(ctx: Ctx, conn: asyncpg.Connection, cabinet_id: str, now: datetime) -> int:
     limit = ctx.settings.code_attempts_per_minute
     window = timedelta(minutes=1)
     lockout = timedelta(seconds=ctx.settings.code_lockout_seconds)
-    fails = [r["at"] for r in await conn.fetch(
-        "select at from code_failures where cabinet_id = $1 and at > $2 order by at desc",
-        cabinet_id, now - window - lockout,
-    )]
+    fails = [
+        r["at"]
+        for r in await conn.fetch(
+            "select at from code_failures where cabinet_id = $1 and at > $2 order by at desc",
+            cabinet_id,
+            now - window - lockout,
+        )
+    ]
     for i, f in enumerate(fails):
         if sum(1 for g in fails[i:] if g > f - window) >= limit:
             until = f + lockout
@@ -256,67 +316,81 @@ async def _lockout_seconds(ctx: Ctx, conn: asyncpg.Connection, cabinet_id: str,
 async def open_cabinet(ctx: Ctx, principal: Principal, cabinet_id: str, code: str) -> OpenOut:
     _scoped(principal, "cabinet", cabinet_id, f"cabinet {cabinet_id}")
     now = ctx.clock.now()
+    wrong_wait: int | None = None
     async with ctx.pool.acquire() as conn, conn.transaction():
         await lock(conn, f"keypad:{cabinet_id}")
         if not await conn.fetchval("select 1 from cabinets where id = $1", cabinet_id):
             raise not_found(f"cabinet {cabinet_id}")
         wait = await _lockout_seconds(ctx, conn, cabinet_id, now)
         if wait:
-            raise Problem(429, "too-many-attempts",
-                          "too many wrong codes at this cabinet; try again later",
-                          headers={"Retry-After": str(wait)})
+            raise Problem(
+                429,
+                "too-many-attempts",
+                "too many wrong codes at this cabinet; try again later",
+                headers={"Retry-After": str(wait)},
+            )
         o = await conn.fetchrow(
             """select * from orders where cabinet_id = $1 and code_hash = $2
                   and status = any($3::text[]) for update""",
-            cabinet_id, codes.code_hash(ctx.secret, cabinet_id, code), list(LIVE),
+            cabinet_id,
+            codes.code_hash(ctx.secret, cabinet_id, code),
+            list(LIVE),
         )
         if o is None:
-            await conn.execute(
-                "insert into code_failures (cabinet_id, at) values ($1, $2)", cabinet_id, now
+            # committed before answering (no raise inside): the limit must count this attempt
+            await conn.execute("insert into code_failures (cabinet_id, at) values ($1, $2)", cabinet_id, now)
+            wrong_wait = await _lockout_seconds(ctx, conn, cabinet_id, now)
+            rows: list[asyncpg.Record] = []
+        else:
+            if o["status"] != "in_cabinet":
+                raise Problem(409, "not-yet", "the order is not in the cabinet yet")
+            rows = await conn.fetch(
+                """select p.id, s.label, p.during from parcels p
+                     left join slots s on s.id = p.slot_id
+                    where p.order_id = $1 and p.state = 'deposited' order by p.zone""",
+                o["id"],
             )
-            wait = await _lockout_seconds(ctx, conn, cabinet_id, now)
-            headers = {"Retry-After": str(wait)} if wait else {}
-            raise Problem(403, "wrong-code", "this code opens nothing here", headers=headers)
-        if o["status"] != "in_cabinet":
-            raise Problem(409, "not-yet", "the order is not in the cabinet yet",
-                          deposit_expected=True)
-        rows = await conn.fetch(
-            """select p.id, s.label, p.during from parcels p left join slots s on s.id = p.slot_id
-                where p.order_id = $1 and p.state = 'deposited' order by p.zone""", o["id"],
-        )
-        for p in rows:
-            lower = p["during"].lower
+            for p in rows:
+                await conn.execute(
+                    """update parcels set state = 'picked_up', removed_at = $2,
+                              during = tstzrange(lower(during), $3) where id = $1""",
+                    p["id"],
+                    now,
+                    max(now, p["during"].lower + timedelta(seconds=1)),
+                )
             await conn.execute(
-                """update parcels set state = 'picked_up', removed_at = $2,
-                          during = tstzrange(lower(during), $3) where id = $1""",
-                p["id"], now, max(now, lower + timedelta(seconds=1)),
+                """update orders set status = 'picked_up', picked_up_at = $2, updated_at = now()
+                    where id = $1""",
+                o["id"],
+                now,
             )
-        await conn.execute(
-            """update orders set status = 'picked_up', picked_up_at = $2, updated_at = now()
-                where id = $1""", o["id"], now,
-        )
-        await emit(conn, o["id"], "picked-up", {"slots": [r["label"] or "overflow" for r in rows]},
-                   now)
-    return OpenOut(order_id=o["id"], cabinet_id=cabinet_id,
-                   slots=[r["label"] or "overflow" for r in rows])
+            labels = [r["label"] or "overflow" for r in rows]
+            await emit(conn, o["id"], "picked-up", {"slots": labels}, now)
+    if o is None:
+        headers = {"Retry-After": str(wrong_wait)} if wrong_wait else {}
+        raise Problem(403, "wrong-code", "this code opens nothing here", headers=headers)
+    return OpenOut(order_id=o["id"], cabinet_id=cabinet_id, slots=[r["label"] or "overflow" for r in rows])
 
 
 # --------------------------------------------------------------------------- operator
 
 
-async def occupancy(ctx: Ctx, principal: Principal, station_id: str, frm: datetime | None,
-                    to: datetime | None, step: int) -> Occupancy:
+async def occupancy(
+    ctx: Ctx, principal: Principal, station_id: str, frm: datetime | None, to: datetime | None, step: int
+) -> Occupancy:
     _scoped(principal, "operator", station_id, f"station {station_id}")
     now = ctx.clock.now()
     frm = frm or now
     to = to or frm + timedelta(hours=2)
     if to <= frm or (to - frm) / timedelta(minutes=step) > 500:
-        raise Problem(422, "validation", "query field 'to': after 'from', at most 500 steps",
-                      errors=[{"field": "to", "in": "query", "reason": "bad range"}])
-    async with ctx.pool.acquire() as conn:
-        cabs = await conn.fetch(
-            "select id from cabinets where station_id = $1 order by id", station_id
+        raise Problem(
+            422,
+            "validation",
+            "query field 'to': after 'from', at most 500 steps",
+            errors=[{"field": "to", "in": "query", "reason": "bad range"}],
         )
+    async with ctx.pool.acquire() as conn:
+        cabs = await conn.fetch("select id from cabinets where station_id = $1 order by id", station_id)
         if not cabs:
             raise not_found(f"station {station_id}")
         caps = await conn.fetch(
@@ -335,7 +409,10 @@ async def occupancy(ctx: Ctx, principal: Principal, station_id: str, frm: dateti
                       and p.state in ('reserved', 'deposited', 'picked_up', 'expired')
                 where s.cabinet_id = any($1::text[]) and not s.retired
                 group by 1, 2, 3 order by 1, 2, 3""",
-            [c["id"] for c in cabs], frm, to, step,
+            [c["id"] for c in cabs],
+            frm,
+            to,
+            step,
         )
     cap = {(r["cabinet_id"], r["zone"]): r["n"] for r in caps}
     pts: dict[tuple[str, str], list[OccupancyPoint]] = defaultdict(list)
@@ -347,14 +424,14 @@ async def occupancy(ctx: Ctx, principal: Principal, station_id: str, frm: dateti
     for c in cabs:
         zones = [
             ZoneOccupancy(zone=z, capacity=cap[(cid, z)], series=pts[(cid, z)])
-            for (cid, z) in sorted(cap) if cid == c["id"]
+            for (cid, z) in sorted(cap)
+            if cid == c["id"]
         ]
         out.append(CabinetOccupancy(cabinet_id=c["id"], zones=zones))
     return Occupancy(station_id=station_id, from_=frm, to=to, step_minutes=step, cabinets=out)
 
 
-async def set_slot(ctx: Ctx, principal: Principal, cabinet_id: str, label: str,
-                   enabled: bool) -> SlotOut:
+async def set_slot(ctx: Ctx, principal: Principal, cabinet_id: str, label: str, enabled: bool) -> SlotOut:
     now = ctx.clock.now()
     async with ctx.pool.acquire() as conn, conn.transaction():
         station = await conn.fetchval("select station_id from cabinets where id = $1", cabinet_id)
@@ -362,40 +439,55 @@ async def set_slot(ctx: Ctx, principal: Principal, cabinet_id: str, label: str,
             raise not_found(f"cabinet {cabinet_id}")
         slot = await conn.fetchrow(
             "select * from slots where cabinet_id = $1 and label = $2 and not retired",
-            cabinet_id, label,
+            cabinet_id,
+            label,
         )
         if slot is None:
             raise not_found(f"slot {cabinet_id}/{label}")
-        kitchens = sorted(r["kitchen_id"] for r in await conn.fetch(
-            """select distinct o.kitchen_id from parcels p join orders o on o.id = p.order_id
-                where p.slot_id = $1 and p.state in ('reserved', 'deposited')""", slot["id"]))
+        kitchens = sorted(
+            r["kitchen_id"]
+            for r in await conn.fetch(
+                """select distinct o.kitchen_id from parcels p join orders o on o.id = p.order_id
+                where p.slot_id = $1 and p.state in ('reserved', 'deposited')""",
+                slot["id"],
+            )
+        )
         await lock(conn, *[f"kitchen:{k}" for k in kitchens], f"station:{station}")
         await conn.execute("update slots set enabled = $2 where id = $1", slot["id"], enabled)
         affected: list[Affected] = []
         if not enabled:
             parcels = await conn.fetch(
                 """select * from parcels where slot_id = $1 and state in ('reserved', 'deposited')
-                      and upper(during) > $2 order by lower(during)""", slot["id"], now,
+                      and upper(during) > $2 order by lower(during)""",
+                slot["id"],
+                now,
             )
             for p in parcels:
                 if p["state"] == "deposited":
-                    affected.append(Affected(order_id=p["order_id"], outcome="unchanged",
-                                             slot=label))
+                    affected.append(Affected(order_id=p["order_id"], outcome="unchanged", slot=label))
                     continue
-                got = await _free_slot(conn, cabinet_id, p["zone"], p["size"], p["during"],
-                                       None, p["id"])
+                got = await _free_slot(conn, cabinet_id, p["zone"], p["size"], p["during"], None, p["id"])
                 new_id, new_label = got if got else (None, None)
-                await conn.execute("update parcels set slot_id = $2 where id = $1",
-                                   p["id"], new_id)
+                await conn.execute("update parcels set slot_id = $2 where id = $1", p["id"], new_id)
                 outcome = "moved" if got else "overflow"
                 affected.append(Affected(order_id=p["order_id"], outcome=outcome, slot=new_label))
-                await emit(conn, p["order_id"], "slot-changed",
-                           {"from": label, "to": new_label or "overflow",
-                            "reason": "slot taken out of service"}, now)
+                await emit(
+                    conn,
+                    p["order_id"],
+                    "slot-changed",
+                    {"from": label, "to": new_label or "overflow", "reason": "slot taken out of service"},
+                    now,
+                )
         for k in kitchens:
             await _bump(conn, k)
-    return SlotOut(cabinet_id=cabinet_id, label=label, zone=slot["zone"], size=slot["size"],
-                   enabled=enabled, affected=affected)
+    return SlotOut(
+        cabinet_id=cabinet_id,
+        label=label,
+        zone=slot["zone"],
+        size=slot["size"],
+        enabled=enabled,
+        affected=affected,
+    )
 
 
 # --------------------------------------------------------------------------- expiry
@@ -411,7 +503,9 @@ async def sweep_expired(ctx: Ctx) -> int:
                 where o.status = any($2::text[])
                   and exists (select 1 from parcels p where p.order_id = o.id
                                  and p.state in ('reserved', 'deposited') and p.expires_at <= $1)
-                for update skip locked""", now, list(LIVE),
+                for update skip locked""",
+            now,
+            list(LIVE),
         )
         for r in rows:
             await conn.execute(
@@ -419,11 +513,13 @@ async def sweep_expired(ctx: Ctx) -> int:
                           during = case when lower(during) < $2
                                         then tstzrange(lower(during), $2) else during end
                     where order_id = $1 and state in ('reserved', 'deposited')""",
-                r["id"], now,
+                r["id"],
+                now,
             )
             await conn.execute(
                 """update orders set status = 'expired', refund_cents = total_cents,
-                          updated_at = now() where id = $1""", r["id"],
+                          updated_at = now() where id = $1""",
+                r["id"],
             )
             await emit(conn, r["id"], "expired", {"refund_cents": r["total_cents"]}, now)
             n += 1

@@ -21,15 +21,14 @@ import asyncpg
 from db.queries import plans as plan_q
 from db.queries.network import load_network, network_stamp
 from solver.admission import Insertion, PlanState, Rejection, admit
-from solver.model import NetworkSpec, OrderReq, Settings as PlannerSettings, World, from_minute
-from solver.model import to_minute, to_minute_ceil
+from solver.model import NetworkSpec, OrderReq, World, from_minute, to_minute, to_minute_ceil
+from solver.model import Settings as PlannerSettings
 
 from . import codes
 from .auth import Principal
 from .clock import Clock
 from .http import Problem, not_found
 from .schemas import (
-    Affected,
     Alternative,
     OrderItemOut,
     OrderOut,
@@ -54,8 +53,7 @@ class WorldCache:
     async def get(self, conn: asyncpg.Connection) -> tuple[NetworkSpec, World]:
         loaded, disabled = await network_stamp(conn)
         if loaded is None:
-            raise Problem(503, "no-network", "no network is loaded yet",
-                          headers={"Retry-After": "5"})
+            raise Problem(503, "no-network", "no network is loaded yet", headers={"Retry-After": "5"})
         stamp = (loaded, tuple(disabled))
         if self._value is None or stamp != self._stamp:
             got = await load_network(conn)
@@ -76,9 +74,7 @@ class Ctx:
 
     @property
     def planner(self) -> PlannerSettings:
-        return PlannerSettings(
-            grace=self.settings.grace_minutes, margin=self.settings.deposit_margin_minutes
-        )
+        return PlannerSettings(grace=self.settings.grace_minutes, margin=self.settings.deposit_margin_minutes)
 
 
 def new_id(kind: str) -> str:
@@ -91,23 +87,35 @@ async def lock(conn: asyncpg.Connection, *names: str) -> None:
 
 
 async def emit(
-    conn: asyncpg.Connection, order_id: str, kind: str, data: dict[str, Any] | None = None,
+    conn: asyncpg.Connection,
+    order_id: str,
+    kind: str,
+    data: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> None:
     """Record a timeline event and tell every instance (NOTIFY is sent on commit)."""
     row = await conn.fetchrow(
         """insert into order_events (order_id, kind, data, at) values ($1, $2, $3, coalesce($4, now()))
            returning id, at""",
-        order_id, kind, data or {}, at,
+        order_id,
+        kind,
+        data or {},
+        at,
     )
     o = await conn.fetchrow(
         "select commuter_id, kitchen_id, station_id, cabinet_id, status from orders where id = $1",
         order_id,
     )
     payload = {
-        "id": row["id"], "order_id": order_id, "kind": kind, "at": row["at"].isoformat(),
-        "commuter_id": o["commuter_id"], "kitchen_id": o["kitchen_id"],
-        "station_id": o["station_id"], "cabinet_id": o["cabinet_id"], "status": o["status"],
+        "id": row["id"],
+        "order_id": order_id,
+        "kind": kind,
+        "at": row["at"].isoformat(),
+        "commuter_id": o["commuter_id"],
+        "kitchen_id": o["kitchen_id"],
+        "station_id": o["station_id"],
+        "cabinet_id": o["cabinet_id"],
+        "status": o["status"],
     }
     await conn.execute("select pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(payload))
 
@@ -117,8 +125,9 @@ def _item_lines(spec: NetworkSpec, kitchen_id: str, items: dict[str, int]) -> li
     out = []
     for sku, qty in items.items():
         m = k.item(sku) if k else None
-        out.append(OrderItemOut(sku=sku, name=m.name if m else sku, qty=qty,
-                                price_cents=m.price_cents if m else 0))
+        out.append(
+            OrderItemOut(sku=sku, name=m.name if m else sku, qty=qty, price_cents=m.price_cents if m else 0)
+        )
     return out
 
 
@@ -132,8 +141,9 @@ def _items_of(body_items: list[Any]) -> dict[str, int]:
 # --------------------------------------------------------------------------- offer
 
 
-def earliest_eta(world: World, kitchen_ids: list[str], station_id: str, now: datetime,
-                 margin: int) -> datetime:
+def earliest_eta(
+    world: World, kitchen_ids: list[str], station_id: str, now: datetime, margin: int
+) -> datetime:
     """The first pickup time for which some item of these kitchens can be cooked and delivered."""
     now_m = to_minute_ceil(now)
     best: int | None = None
@@ -159,8 +169,9 @@ def _request_hash(principal: Principal, body: PlaceOrder) -> str:
     return hashlib.sha256(f"{principal.subject}|{raw}".encode()).hexdigest()
 
 
-async def place(ctx: Ctx, principal: Principal, body: PlaceOrder, idem_key: str | None
-                ) -> tuple[int, dict[str, Any]]:
+async def place(
+    ctx: Ctx, principal: Principal, body: PlaceOrder, idem_key: str | None
+) -> tuple[int, dict[str, Any]]:
     if idem_key is not None and not (1 <= len(idem_key) <= 128):
         raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 128 characters")
     req_hash = _request_hash(principal, body)
@@ -172,12 +183,16 @@ async def place(ctx: Ctx, principal: Principal, body: PlaceOrder, idem_key: str 
             prev = await conn.fetchrow(
                 "select request_hash, status, response from idempotency_keys "
                 "where commuter_id = $1 and key = $2",
-                principal.subject, idem_key,
+                principal.subject,
+                idem_key,
             )
             if prev is not None:
                 if prev["request_hash"] != req_hash:
-                    raise Problem(422, "idempotency-key-reused",
-                                  "this Idempotency-Key was used with a different request")
+                    raise Problem(
+                        422,
+                        "idempotency-key-reused",
+                        "this Idempotency-Key was used with a different request",
+                    )
                 return prev["status"], prev["response"]
         spec, world = await ctx.worlds.get(conn)
         order = OrderReq(new_id("o"), body.kitchen_id, body.station_id, to_minute(body.eta), items)
@@ -187,39 +202,60 @@ async def place(ctx: Ctx, principal: Principal, body: PlaceOrder, idem_key: str 
         if isinstance(result, Rejection):
             alts = await alternatives(ctx, conn, world, state, order, now)
             raise Problem(
-                409, "no-capacity" if result.reason.startswith("no-") else result.reason,
-                result.detail, title="The order cannot be confirmed", reason=result.reason,
+                409,
+                "no-capacity" if result.reason.startswith("no-") else result.reason,
+                result.detail,
+                title="The order cannot be confirmed",
+                reason=result.reason,
                 alternatives=[a.model_dump(mode="json") for a in alts],
             )
         code = await _unique_code(ctx, conn, result.reservations[0].cabinet_id)
-        total = sum(
-            world.kitchens[body.kitchen_id].menu[s].price_cents * q for s, q in items.items()
-        )
+        total = sum(world.kitchens[body.kitchen_id].menu[s].price_cents * q for s, q in items.items())
         cabinet = result.reservations[0].cabinet_id
         await conn.execute(
             """insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
                                    total_cents, status, code_hash, code_sealed, ready_at)
                values ($1, $2, $3, $4, $5, $6, $7, $8, 'confirmed', $9, $10, $11)""",
-            order.id, principal.subject, body.station_id, cabinet, body.kitchen_id, body.eta,
-            [{"sku": s, "qty": q} for s, q in items.items()], total,
-            codes.code_hash(ctx.secret, cabinet, code), codes.seal(ctx.secret, order.id, code),
+            order.id,
+            principal.subject,
+            body.station_id,
+            cabinet,
+            body.kitchen_id,
+            body.eta,
+            [{"sku": s, "qty": q} for s, q in items.items()],
+            total,
+            codes.code_hash(ctx.secret, cabinet, code),
+            codes.seal(ctx.secret, order.id, code),
             from_minute(result.ready),
         )
         await plan_q.write_insertion(conn, result)
         await _bump(conn, body.kitchen_id)
-        await emit(conn, order.id, "placed", {
-            "deposit_at": from_minute(result.deposit).isoformat(),
-            "slots": [r.slot for r in result.reservations],
-        })
+        await emit(
+            conn,
+            order.id,
+            "placed",
+            {
+                "deposit_at": from_minute(result.deposit).isoformat(),
+                "slots": [r.slot for r in result.reservations],
+            },
+        )
         out = OrderPlaced(
-            id=order.id, status="confirmed", cabinet_id=cabinet, pickup_code=code, eta=body.eta,
-            total_cents=total, items=_item_lines(spec, body.kitchen_id, items),
+            id=order.id,
+            status="confirmed",
+            cabinet_id=cabinet,
+            pickup_code=code,
+            eta=body.eta,
+            total_cents=total,
+            items=_item_lines(spec, body.kitchen_id, items),
         ).model_dump(mode="json")
         if idem_key is not None:
             await conn.execute(
                 """insert into idempotency_keys (commuter_id, key, request_hash, status, response)
                    values ($1, $2, $3, 201, $4)""",
-                principal.subject, idem_key, req_hash, out,
+                principal.subject,
+                idem_key,
+                req_hash,
+                out,
             )
     return 201, out
 
@@ -233,17 +269,23 @@ async def _unique_code(ctx: Ctx, conn: asyncpg.Connection, cabinet_id: str) -> s
         code = codes.new_code()
         taken = await conn.fetchval(
             "select 1 from orders where cabinet_id = $1 and code_hash = $2 and status = any($3::text[])",
-            cabinet_id, codes.code_hash(ctx.secret, cabinet_id, code), list(LIVE),
+            cabinet_id,
+            codes.code_hash(ctx.secret, cabinet_id, code),
+            list(LIVE),
         )
         if not taken:
             return code
-    raise Problem(503, "busy", "could not draw a free pickup code; try again",
-                  headers={"Retry-After": "1"})
+    raise Problem(503, "busy", "could not draw a free pickup code; try again", headers={"Retry-After": "1"})
 
 
 async def alternatives(
-    ctx: Ctx, conn: asyncpg.Connection, world: World, state: PlanState, order: OrderReq,
-    now: datetime, limit: int = 4,
+    ctx: Ctx,
+    conn: asyncpg.Connection,
+    world: World,
+    state: PlanState,
+    order: OrderReq,
+    now: datetime,
+    limit: int = 4,
 ) -> list[Alternative]:
     """Dry runs: a later (or earlier) eta here, another kitchen at this station, another station."""
     out: list[Alternative] = []
@@ -256,8 +298,7 @@ async def alternatives(
     for delta in (10, 20, 30, 45, 60, -10, -20):
         o = OrderReq(order.id, order.kitchen_id, order.station_id, order.eta + delta, order.items)
         if o.eta > now_m and fits(state, o):
-            out.append(Alternative(station_id=o.station_id, kitchen_id=o.kitchen_id,
-                                   eta=from_minute(o.eta)))
+            out.append(Alternative(station_id=o.station_id, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
             if len(out) >= 2:
                 break
     for kid, k in sorted(world.kitchens.items()):
@@ -269,15 +310,14 @@ async def alternatives(
         o = OrderReq(order.id, kid, order.station_id, order.eta, order.items)
         if fits(st, o):
             out.append(Alternative(station_id=o.station_id, kitchen_id=kid, eta=from_minute(o.eta)))
-    k = world.kitchens.get(order.kitchen_id)
-    if k is not None:
-        others = sorted((t, s) for s, t in k.travel.items() if s != order.station_id)
+    own = world.kitchens.get(order.kitchen_id)
+    if own is not None:
+        others = sorted((t, s) for s, t in own.travel.items() if s != order.station_id)
         for _, sid in others[:3]:
             st = await plan_q.load_state(conn, world, order.kitchen_id, sid, now)
             o = OrderReq(order.id, order.kitchen_id, sid, order.eta, order.items)
             if fits(st, o):
-                out.append(Alternative(station_id=sid, kitchen_id=o.kitchen_id,
-                                       eta=from_minute(o.eta)))
+                out.append(Alternative(station_id=sid, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
                 break
     return out[:limit]
 
@@ -285,14 +325,16 @@ async def alternatives(
 # --------------------------------------------------------------------------- read
 
 
-async def _order_row(conn: asyncpg.Connection, order_id: str, principal: Principal,
-                     for_update: bool = False) -> asyncpg.Record:
+async def _order_row(
+    conn: asyncpg.Connection, order_id: str, principal: Principal, for_update: bool = False
+) -> asyncpg.Record:
     row = await conn.fetchrow(
         "select * from orders where id = $1" + (" for update" if for_update else ""), order_id
     )
-    if row is None or not (principal.role == "admin" or (
-        principal.role == "commuter" and row["commuter_id"] == principal.subject
-    )):
+    if row is None or not (
+        principal.role == "admin"
+        or (principal.role == "commuter" and row["commuter_id"] == principal.subject)
+    ):
         raise not_found(f"order {order_id}")
     return row
 
@@ -313,12 +355,19 @@ async def order_view(ctx: Ctx, conn: asyncpg.Connection, row: asyncpg.Record) ->
     )
     live = row["status"] in LIVE
     return OrderOut(
-        id=row["id"], status=row["status"], station_id=row["station_id"],
-        cabinet_id=row["cabinet_id"], kitchen_id=row["kitchen_id"], eta=row["eta"],
+        id=row["id"],
+        status=row["status"],
+        station_id=row["station_id"],
+        cabinet_id=row["cabinet_id"],
+        kitchen_id=row["kitchen_id"],
+        eta=row["eta"],
         items=_item_lines(spec, row["kitchen_id"], {i["sku"]: i["qty"] for i in row["items"]}),
-        total_cents=row["total_cents"], refund_cents=row["refund_cents"],
+        total_cents=row["total_cents"],
+        refund_cents=row["refund_cents"],
         pickup_code=codes.unseal(ctx.secret, row["id"], row["code_sealed"]) if live else None,
-        ready_at=row["ready_at"], deposit_at=deposit_at, deposited_at=row["deposited_at"],
+        ready_at=row["ready_at"],
+        deposit_at=deposit_at,
+        deposited_at=row["deposited_at"],
         picked_up_at=row["picked_up_at"],
         slots=[p["label"] or "overflow" for p in parcels if p["state"] != "released"],
         timeline=[TimelineEvent(at=e["at"], kind=e["kind"], data=e["data"]) for e in events],
@@ -343,57 +392,74 @@ async def change_eta(ctx: Ctx, principal: Principal, order_id: str, eta: datetim
         row = await _order_row(conn, order_id, principal, for_update=True)
         if row["status"] not in LIVE:
             raise Problem(409, "not-live", f"order {order_id} is {row['status']}")
-        spec, world = await ctx.worlds.get(conn)
+        _spec, world = await ctx.worlds.get(conn)
         started = await conn.fetchval(
             """select count(*) from task_units u join tasks t on t.id = u.task_id
                 where u.order_id = $1 and (t.status = 'done' or t.start_at <= $2)""",
-            order_id, now,
+            order_id,
+            now,
         )
         new_eta = to_minute(eta)
         if row["status"] == "confirmed" and not started:
             await plan_q.release_order(conn, order_id, row["kitchen_id"], now)
             state = await plan_q.load_state(conn, world, row["kitchen_id"], row["station_id"], now)
             items = {i["sku"]: i["qty"] for i in row["items"]}
-            order = OrderReq(order_id, row["kitchen_id"], row["station_id"], new_eta, items,
-                             row["cabinet_id"])
+            order = OrderReq(
+                order_id, row["kitchen_id"], row["station_id"], new_eta, items, row["cabinet_id"]
+            )
             result = admit(world, state, order, to_minute_ceil(now), settings, new_id)
             if isinstance(result, Rejection):
                 order.cabinet_id = None
                 result = admit(world, state, order, to_minute_ceil(now), settings, new_id)
             if isinstance(result, Rejection):
-                raise Problem(409, "no-capacity", f"cannot move the order to that time: "
-                              f"{result.detail}", reason=result.reason)
+                raise Problem(
+                    409,
+                    "no-capacity",
+                    f"cannot move the order to that time: {result.detail}",
+                    reason=result.reason,
+                )
             cabinet = result.reservations[0].cabinet_id
             if cabinet != row["cabinet_id"]:
                 code = codes.unseal(ctx.secret, order_id, row["code_sealed"])
                 clash = await conn.fetchval(
                     """select 1 from orders where cabinet_id = $1 and code_hash = $2
                           and status = any($3::text[]) and id <> $4""",
-                    cabinet, codes.code_hash(ctx.secret, cabinet, code), list(LIVE), order_id,
+                    cabinet,
+                    codes.code_hash(ctx.secret, cabinet, code),
+                    list(LIVE),
+                    order_id,
                 )
                 if clash:
                     raise Problem(409, "no-capacity", "cannot move the order to that time")
                 await conn.execute(
                     "update orders set cabinet_id = $2, code_hash = $3 where id = $1",
-                    order_id, cabinet, codes.code_hash(ctx.secret, cabinet, code),
+                    order_id,
+                    cabinet,
+                    codes.code_hash(ctx.secret, cabinet, code),
                 )
             await plan_q.write_insertion(conn, result)
             await conn.execute(
                 "update orders set eta = $2, ready_at = $3, updated_at = now() where id = $1",
-                order_id, eta, from_minute(result.ready),
+                order_id,
+                eta,
+                from_minute(result.ready),
             )
         else:
             # work has started: only the slot time can follow the commuter
             parcels = await conn.fetch(
                 "select id, during, expires_at, state from parcels where order_id = $1 "
-                "and state in ('reserved', 'deposited')", order_id,
+                "and state in ('reserved', 'deposited')",
+                order_id,
             )
             deposit = max(p["during"].lower for p in parcels) if parcels else now
             end = eta + timedelta(minutes=settings.grace)
             if eta < deposit:
-                raise Problem(409, "too-early",
-                              f"the food reaches the cabinet at {deposit.isoformat()}; "
-                              "an earlier time is no longer possible")
+                raise Problem(
+                    409,
+                    "too-early",
+                    f"the food reaches the cabinet at {deposit.isoformat()}; "
+                    "an earlier time is no longer possible",
+                )
             if any(end > p["expires_at"] for p in parcels):
                 raise Problem(409, "not-fresh", "the food would not stay fresh until then")
             try:
@@ -401,16 +467,16 @@ async def change_eta(ctx: Ctx, principal: Principal, order_id: str, eta: datetim
                     for p in parcels:
                         await conn.execute(
                             "update parcels set during = tstzrange(lower(during), $2) where id = $1",
-                            p["id"], end,
+                            p["id"],
+                            end,
                         )
             except asyncpg.ExclusionViolationError:
-                raise Problem(409, "no-cabinet-capacity",
-                              "the slot is promised to another order at that time") from None
-            await conn.execute("update orders set eta = $2, updated_at = now() where id = $1",
-                               order_id, eta)
+                raise Problem(
+                    409, "no-cabinet-capacity", "the slot is promised to another order at that time"
+                ) from None
+            await conn.execute("update orders set eta = $2, updated_at = now() where id = $1", order_id, eta)
         await _bump(conn, row["kitchen_id"])
-        await emit(conn, order_id, "eta-changed", {"from": row["eta"].isoformat(),
-                                                    "to": eta.isoformat()})
+        await emit(conn, order_id, "eta-changed", {"from": row["eta"].isoformat(), "to": eta.isoformat()})
         row = await _order_row(conn, order_id, principal)
         return await order_view(ctx, conn, row)
 
@@ -426,7 +492,8 @@ async def cancel(ctx: Ctx, principal: Principal, order_id: str) -> OrderOut:
         started = await conn.fetchval(
             """select count(*) from task_units u join tasks t on t.id = u.task_id
                 where u.order_id = $1 and (t.status = 'done' or t.start_at <= $2)""",
-            order_id, now,
+            order_id,
+            now,
         )
         if row["status"] in ("on_the_way", "in_cabinet"):
             refund, rule = 0, "the food has left the kitchen"
@@ -437,11 +504,13 @@ async def cancel(ctx: Ctx, principal: Principal, order_id: str) -> OrderOut:
         await plan_q.release_order(conn, order_id, row["kitchen_id"], now)
         await conn.execute(
             """update parcels set state = 'expired', removed_at = null
-                where order_id = $1 and state = 'deposited'""", order_id,
+                where order_id = $1 and state = 'deposited'""",
+            order_id,
         )
         await conn.execute(
-            "update orders set status = 'cancelled', refund_cents = $2, updated_at = now() "
-            "where id = $1", order_id, refund,
+            "update orders set status = 'cancelled', refund_cents = $2, updated_at = now() where id = $1",
+            order_id,
+            refund,
         )
         await _bump(conn, row["kitchen_id"])
         await emit(conn, order_id, "cancelled", {"refund_cents": refund, "rule": rule})

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "exitbox", "demo"}
-MIN_SECRET_LENGTH = 16
+MIN_SECRET_LENGTH = 32
 
 
 class SettingsError(ValueError):
@@ -44,9 +44,7 @@ class Settings(BaseSettings):
         """EXITBOX_SECRET, or a secret generated once into $EXITBOX_HOME/secret."""
         if self.secret is not None:
             value = self.secret.get_secret_value()
-            if not demo and (
-                value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH
-            ):
+            if not demo and (value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH):
                 raise SettingsError(
                     "EXITBOX_SECRET is a placeholder or shorter than "
                     f"{MIN_SECRET_LENGTH} characters; set a real secret (or unset it)"

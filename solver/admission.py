@@ -279,23 +279,23 @@ def _schedule_kitchen(
         if items_first:
             if not _schedule_items(att, order, depart - minutes, fresh_lo, now, windows, new_id):
                 continue
-            lo = max(t.end for t in [*att.new, *att.joined_tasks.values()]
-                     if t.step == len(k.menu[t.sku or ""].steps))
-            s = latest_fit(ks.usage[res], att.extra[res], k.capacity[res], minutes, lo, depart,
-                           windows)
+            lo = max(
+                t.end
+                for t in [*att.new, *att.joined_tasks.values()]
+                if t.step == len(k.menu[t.sku or ""].steps)
+            )
+            s = latest_fit(ks.usage[res], att.extra[res], k.capacity[res], minutes, lo, depart, windows)
             if s is None:
                 continue
         else:
-            s = latest_fit(ks.usage[res], att.extra[res], k.capacity[res], minutes, now, depart,
-                           windows)
+            s = latest_fit(ks.usage[res], att.extra[res], k.capacity[res], minutes, now, depart, windows)
             if s is None:
                 return None
             att.extra[res].add(s, s + minutes)
             if not _schedule_items(att, order, s, fresh_lo, now, windows, new_id):
                 return None
         att.extra[res].add(s, s + minutes)
-        att.new.append(Task(new_id("t"), k.id, res, "pack", None, None, s, s + minutes,
-                            {order.id: 1}))
+        att.new.append(Task(new_id("t"), k.id, res, "pack", None, None, s, s + minutes, {order.id: 1}))
         return att
     return None
 
@@ -347,15 +347,19 @@ def _schedule_items(
                 group = deadlines[i : i + batch]
                 end_by = min(group)
                 s = latest_fit(
-                    ks.usage[res], att.extra[res], k.capacity[res], minutes, max(now, lb - minutes),
-                    end_by, windows,
+                    ks.usage[res],
+                    att.extra[res],
+                    k.capacity[res],
+                    minutes,
+                    max(now, lb - minutes),
+                    end_by,
+                    windows,
                 )
                 if s is None:
                     return False
                 att.extra[res].add(s, s + minutes)
                 att.new.append(
-                    Task(new_id("t"), k.id, res, "prep", sku, step, s, s + minutes,
-                         {order.id: len(group)})
+                    Task(new_id("t"), k.id, res, "prep", sku, step, s, s + minutes, {order.id: len(group)})
                 )
                 nxt.extend([s] * len(group))
                 i += len(group)
@@ -413,9 +417,7 @@ def validate(world: World, order: OrderReq) -> Rejection | None:
             return Rejection("invalid", f"{sku!r} is not on the menu of {k.id}")
         if qty < 1:
             return Rejection("invalid", f"quantity of {sku} must be at least 1")
-    if order.cabinet_id is not None and order.cabinet_id not in world.station_cabinets[
-        order.station_id
-    ]:
+    if order.cabinet_id is not None and order.cabinet_id not in world.station_cabinets[order.station_id]:
         return Rejection("invalid", f"cabinet {order.cabinet_id} is not at {order.station_id}")
     return None
 
@@ -445,23 +447,24 @@ def admit(
     ready_hi = eta - travel
     ready_lo = max(fresh_lo.values())
     windows = k.windows(ready_lo - chain - pack_min - 24 * 60, ready_hi + 1)
-    if not any(w0 + chain + pack_min <= ready_hi and w1 >= ready_lo for w0, w1 in windows):
-        return Rejection("closed", f"{k.id} cannot have this ready by {ready_hi} within its hours")
-    if ready_lo > ready_hi:
-        return Rejection("too-late", "the food would not stay fresh until eta plus grace")
     if now + lead_minutes(k, order.items, travel) > eta:
         return Rejection("too-late", "not enough time left to cook and deliver by eta")
+    if ready_lo > ready_hi:
+        return Rejection("too-late", "the food would not stay fresh until eta plus grace")
+    if not any(w0 + chain + pack_min <= ready_hi and w1 >= ready_lo for w0, w1 in windows):
+        return Rejection("closed", f"{k.id} cannot have this ready by then within its hours")
 
-    cabinets = (
-        [order.cabinet_id] if order.cabinet_id else list(world.station_cabinets[order.station_id])
-    )
+    cabinets = [order.cabinet_id] if order.cabinet_id else list(world.station_cabinets[order.station_id])
     target = eta - settings.margin
     earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes)
 
     # candidates: (arrive, run or None); preference: at or before target, latest first; then after
     joinable = [
-        r for r in ks.runs.get(order.station_id, ())
-        if not r.frozen and r.depart > now and len(r.orders) < k.run_capacity
+        r
+        for r in ks.runs.get(order.station_id, ())
+        if not r.frozen
+        and r.depart > now
+        and len(r.orders) < k.run_capacity
         and earliest_arrive <= r.arrive <= eta
     ]
     by_arrive: dict[int, list[Run]] = defaultdict(list)
@@ -498,8 +501,7 @@ def admit(
             else:
                 is_new = False
             reservations = [
-                Reservation(order.id, cab, zone, parcels[zone], s.label, a, end)
-                for zone, s in chosen.items()
+                Reservation(order.id, cab, zone, parcels[zone], s.label, a, end) for zone, s in chosen.items()
             ]
             ends = _last_step_ends(att, k)
             packs = [t.end for t in att.new if t.kind == "pack"]
@@ -509,8 +511,7 @@ def admit(
                 item = k.menu[sku]
                 expiry[item.zone] = min(expiry.get(item.zone, 10**12), min(lst) + item.max_hold)
             order.cabinet_id = cab
-            return Insertion(order, att.new, dict(att.joined), run, is_new, reservations, ready,
-                             expiry)
+            return Insertion(order, att.new, dict(att.joined), run, is_new, reservations, ready, expiry)
     if stage < 0:
         return Rejection("no-cabinet-capacity", f"no free slot at {order.station_id} for that time")
     if stage == 0:

@@ -122,12 +122,17 @@ def check(world: World, plan: Plan, settings: Settings | None = None) -> list[Vi
                 nxt = unit_runs.get((oid, sku, step + 1), [])
                 # Hall: units starting step i+1 by time T never exceed units done with step i by T
                 events = sorted({s for s, _, _ in nxt})
-                for t in events:
-                    started = sum(u for s, _, u in nxt if s <= t)
-                    done = sum(u for _, e, u in prev if e <= t)
+                for when in events:
+                    started = sum(u for s, _, u in nxt if s <= when)
+                    done = sum(u for _, e, u in prev if e <= when)
                     if started > done:
-                        add(Violation("kitchen", f"order {oid}: {sku} step {step + 1} starts "
-                                                  f"at {t} before step {step} is done"))
+                        add(
+                            Violation(
+                                "kitchen",
+                                f"order {oid}: {sku} step {step + 1} starts "
+                                f"at {when} before step {step} is done",
+                            )
+                        )
                         break
             lasts = unit_runs.get((oid, sku, n), [])
             if lasts:
@@ -142,8 +147,12 @@ def check(world: World, plan: Plan, settings: Settings | None = None) -> list[Vi
                 add(Violation("ready", f"order {oid}: {len(packs)} pack tasks, expected 1"))
                 continue
             if packs[0].start < last_end:
-                add(Violation("ready", f"order {oid}: packed at {packs[0].start} before its "
-                                       f"items are ready at {last_end}"))
+                add(
+                    Violation(
+                        "ready",
+                        f"order {oid}: packed at {packs[0].start} before its items are ready at {last_end}",
+                    )
+                )
             ready[oid] = packs[0].end
         else:
             ready[oid] = last_end
@@ -165,18 +174,22 @@ def check(world: World, plan: Plan, settings: Settings | None = None) -> list[Vi
             add(Violation("runs", f"run {r.id}: carries nothing"))
         by_kitchen_runs[r.kitchen_id].append((r.depart, r.back, 1))
         for oid in r.orders:
-            o = plan.orders.get(oid)
-            if o is None:
+            carried = plan.orders.get(oid)
+            if carried is None:
                 add(Violation("runs", f"run {r.id}: unknown order {oid}"))
                 continue
             if oid in run_of:
                 add(Violation("runs", f"order {oid} is on runs {run_of[oid]} and {r.id}"))
             run_of[oid] = r.id
-            if o.station_id != r.station_id or o.kitchen_id != r.kitchen_id:
-                add(Violation("runs", f"run {r.id} goes to {r.station_id}, order {oid} to {o.station_id}"))
+            if carried.station_id != r.station_id or carried.kitchen_id != r.kitchen_id:
+                add(Violation("runs", f"run {r.id} goes to {r.station_id}, order {oid} elsewhere"))
             if oid in ready and r.depart < ready[oid] and not r.frozen:
-                add(Violation("runs", f"run {r.id} departs at {r.depart} before order {oid} "
-                                      f"is ready at {ready[oid]}"))
+                add(
+                    Violation(
+                        "runs",
+                        f"run {r.id} departs at {r.depart} before order {oid} is ready at {ready[oid]}",
+                    )
+                )
     for kid, ivs in by_kitchen_runs.items():
         cap = world.kitchens[kid].couriers
         at = _peak_exceeds(ivs, cap)
@@ -187,9 +200,7 @@ def check(world: World, plan: Plan, settings: Settings | None = None) -> list[Vi
             add(Violation("runs", f"order {oid} is on no run"))
 
     # ---------------------------------------------------------------- rule 4, 5: cabinets, freshness
-    slot_info = {
-        (c, s.label): s for c, slots in world.slots.items() for s in slots
-    }
+    slot_info = {(c, s.label): s for c, slots in world.slots.items() for s in slots}
     by_slot: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
     res_of: dict[str, list] = defaultdict(list)
     for rv in plan.reservations:
@@ -198,8 +209,12 @@ def check(world: World, plan: Plan, settings: Settings | None = None) -> list[Vi
         info = slot_info.get(key)
         if info is None:
             if not (rv.frozen and key in world.disabled):
-                add(Violation("cabinet", f"order {rv.order_id}: slot {rv.cabinet_id}/{rv.slot} "
-                                         f"does not exist or is disabled"))
+                add(
+                    Violation(
+                        "cabinet",
+                        f"order {rv.order_id}: slot {rv.cabinet_id}/{rv.slot} does not exist or is disabled",
+                    )
+                )
         else:
             if info.zone != rv.zone:
                 add(Violation("cabinet", f"order {rv.order_id}: {rv.zone} parcel in {info.zone} slot"))
@@ -225,30 +240,48 @@ def check(world: World, plan: Plan, settings: Settings | None = None) -> list[Vi
             continue
         cabs = {rv.cabinet_id for rv in rvs}
         if len(cabs) != 1 or not cabs <= set(world.station_cabinets.get(o.station_id, [])):
-            add(Violation("cabinet", f"order {oid}: parcels in cabinets {sorted(cabs)}, "
-                                     f"not one cabinet of {o.station_id}"))
+            add(
+                Violation(
+                    "cabinet",
+                    f"order {oid}: parcels in cabinets {sorted(cabs)}, not one cabinet of {o.station_id}",
+                )
+            )
         run = plan.runs.get(run_of.get(oid, ""))
         for rv in rvs:
             if rv.size != want[rv.zone]:
-                add(Violation("cabinet", f"order {oid}: {rv.zone} parcel is {want[rv.zone]}, "
-                                         f"reserved as {rv.size}"))
+                add(
+                    Violation(
+                        "cabinet", f"order {oid}: {rv.zone} parcel is {want[rv.zone]}, reserved as {rv.size}"
+                    )
+                )
             if rv.frozen:
                 continue
             if run is not None and rv.start != run.arrive:
                 add(Violation("cabinet", f"order {oid}: deposit at {rv.start}, run arrives {run.arrive}"))
             if rv.end < o.eta + settings.grace:
-                add(Violation("cabinet", f"order {oid}: slot reserved to {rv.end}, "
-                                         f"before eta+grace {o.eta + settings.grace}"))
+                add(
+                    Violation(
+                        "cabinet",
+                        f"order {oid}: slot reserved to {rv.end}, before eta+grace {o.eta + settings.grace}",
+                    )
+                )
             if rv.start > o.eta:
                 add(Violation("on-time", f"order {oid}: deposited at {rv.start} after eta {o.eta}"))
             expiry = min(
-                (item_ready[(oid, s)] + k.menu[s].max_hold
-                 for s in o.items if k.menu[s].zone == rv.zone and (oid, s) in item_ready),
+                (
+                    item_ready[(oid, s)] + k.menu[s].max_hold
+                    for s in o.items
+                    if k.menu[s].zone == rv.zone and (oid, s) in item_ready
+                ),
                 default=None,
             )
             if expiry is not None and expiry < rv.end:
-                add(Violation("freshness", f"order {oid}: {rv.zone} parcel expires at {expiry}, "
-                                           f"reserved to {rv.end}"))
+                add(
+                    Violation(
+                        "freshness",
+                        f"order {oid}: {rv.zone} parcel expires at {expiry}, reserved to {rv.end}",
+                    )
+                )
     for rv_order in res_of:
         if rv_order not in plan.orders:
             add(Violation("cabinet", f"reservation for unknown order {rv_order}"))

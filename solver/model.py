@@ -309,9 +309,7 @@ class World:
     disabled: set[tuple[str, str]] = field(default_factory=set)
 
     @classmethod
-    def from_spec(
-        cls, spec: NetworkSpec, disabled: Iterable[tuple[str, str]] = ()
-    ) -> World:
+    def from_spec(cls, spec: NetworkSpec, disabled: Iterable[tuple[str, str]] = ()) -> World:
         tz = spec.tz
         kitchens = {}
         for k in spec.kitchens:

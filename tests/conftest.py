@@ -29,7 +29,7 @@ from solver.model import NetworkSpec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLES = Path(__file__).resolve().parent / "data"
-SECRET = "test-secret-0123456789abcdef"
+SECRET = "test-secret-0123456789abcdef-0123456789"
 TEMPLATE = "exitbox_template"
 _counter = itertools.count()
 
@@ -93,8 +93,9 @@ async def db_url(pg_admin: str, template_db: str) -> AsyncIterator[str]:
 class Client:
     """Real HTTP against the service, with tokens minted like `exitbox token` does."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, app: Any,
-                 clock: FixedClock, dsn: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base: str, app: Any, clock: FixedClock, dsn: str
+    ) -> None:
         self.session = session
         self.base = base
         self.app = app
@@ -107,14 +108,21 @@ class Client:
     def auth(self, role: str, scope: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(role, scope)}"}
 
-    async def call(self, method: str, path: str, *, role: str | None = None,
-                   scope: str | None = None, json: Any = None, headers: dict[str, str] | None = None,
-                   data: Any = None) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        role: str | None = None,
+        scope: str | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+    ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
         h = dict(headers or {})
         if role is not None:
             h.update(self.auth(role, scope or "x"))
-        async with self.session.request(method, self.base + path, json=json, headers=h,
-                                        data=data) as resp:
+        async with self.session.request(method, self.base + path, json=json, headers=h, data=data) as resp:
             ctype = resp.headers.get("Content-Type", "")
             body = await resp.json(content_type=None) if "json" in ctype else await resp.text()
             return resp.status, body, resp.headers
@@ -125,8 +133,7 @@ class Client:
         return c
 
 
-async def make_client(dsn: str, network: NetworkSpec, at: datetime,
-                      **settings: Any) -> AsyncIterator[Client]:
+async def make_client(dsn: str, network: NetworkSpec, at: datetime, **settings: Any) -> AsyncIterator[Client]:
     clock = FixedClock(at)
     cfg = Settings(secret=SECRET, expiry_sweep_seconds=3600, pool_min=1, pool_max=30, **settings)
     app = create_app(cfg, dsn, SECRET, clock=clock, network=network, background=False)

@@ -29,11 +29,18 @@ def morning() -> list[tuple[int, OrderReq]]:
             for part in row["items"].split(";"):
                 sku, qty = part.split("*")
                 items[sku] = items.get(sku, 0) + int(qty)
-            out.append((
-                to_minute(datetime.fromisoformat(row["placed_at"])),
-                OrderReq(row["order_id"], row["kitchen_id"], row["station_id"],
-                         to_minute(datetime.fromisoformat(row["eta"])), items),
-            ))
+            out.append(
+                (
+                    to_minute(datetime.fromisoformat(row["placed_at"])),
+                    OrderReq(
+                        row["order_id"],
+                        row["kitchen_id"],
+                        row["station_id"],
+                        to_minute(datetime.fromisoformat(row["eta"])),
+                        items,
+                    ),
+                )
+            )
     return out
 
 
@@ -98,14 +105,13 @@ def test_rejects_with_reasons() -> None:
     state = PlanState(w)
     new_id = id_factory()
     eta = morning()[0][1].eta
-    too_late = admit(w, state, OrderReq("x", "bakery", "north", eta, {"bread": 1}), eta - 20, S,
-                     new_id)
+    too_late = admit(w, state, OrderReq("x", "bakery", "north", eta, {"bread": 1}), eta - 20, S, new_id)
     assert isinstance(too_late, Rejection) and too_late.reason == "too-late"
-    closed = admit(w, state, OrderReq("y", "bakery", "north", eta + 12 * 60, {"croissant": 1}),
-                   eta - 60, S, new_id)
+    closed = admit(
+        w, state, OrderReq("y", "bakery", "north", eta + 12 * 60, {"croissant": 1}), eta - 60, S, new_id
+    )
     assert isinstance(closed, Rejection) and closed.reason == "closed"
-    invalid = admit(w, state, OrderReq("z", "bakery", "north", eta, {"pizza": 1}), eta - 90, S,
-                    new_id)
+    invalid = admit(w, state, OrderReq("z", "bakery", "north", eta, {"pizza": 1}), eta - 90, S, new_id)
     assert isinstance(invalid, Rejection) and invalid.reason == "invalid"
 
 
@@ -117,8 +123,7 @@ def test_cabinet_full_is_reported_as_no_cabinet_capacity() -> None:
     # north has 2 chilled slots: a third chilled parcel for the same time finds none
     reasons = []
     for i in range(3):
-        r = admit(w, state, OrderReq(f"j{i}", "bakery", "north", eta, {"juice": 1}), eta - 120, S,
-                  new_id)
+        r = admit(w, state, OrderReq(f"j{i}", "bakery", "north", eta, {"juice": 1}), eta - 120, S, new_id)
         if isinstance(r, Insertion):
             state.apply(r)
         else:
@@ -161,21 +166,23 @@ def test_checker_catches_resource_overload() -> None:
         t = next(t for t in p.tasks.values() if t.resource == "oven")
         dup = replace(t, id="dup", units=dict(t.units))
         p.tasks["dup"] = dup
+
     assert "kitchen" in _broken(m)
 
 
 def test_checker_catches_step_order_and_batch() -> None:
     def order_swap(w: World, p: Plan) -> None:
         oid = next(o for o, r in p.orders.items() if "egg-roll" in r.items)
-        t2 = next(t for t in p.tasks.values() if t.sku == "egg-roll" and t.step == 2
-                  and oid in t.units)
+        t2 = next(t for t in p.tasks.values() if t.sku == "egg-roll" and t.step == 2 and oid in t.units)
         t2.start, t2.end = t2.start - 30, t2.end - 30
+
     assert "kitchen" in _broken(order_swap)
 
     def overfill(w: World, p: Plan) -> None:
         t = next(t for t in p.tasks.values() if t.sku == "croissant")
         oid = next(iter(t.units))
         t.units[oid] += 40
+
     assert "kitchen" in _broken(overfill)
 
 
@@ -186,32 +193,42 @@ def test_checker_catches_early_departure_and_courier_overlap() -> None:
             x.depart -= 30
             x.arrive -= 30
             x.back -= 30
+
     rules = _broken(early)
     assert "runs" in rules
 
     def extra_run(w: World, p: Plan) -> None:
         r = next(iter(p.runs.values()))
         p.runs["r-dup"] = replace(r, id="r-dup", orders=[])
+
     assert "runs" in _broken(extra_run)
 
 
 def test_checker_catches_double_booked_slot_wrong_size_and_staleness() -> None:
     def double(w: World, p: Plan) -> None:
-        a, b = p.reservations[0], next(r for r in p.reservations[1:]
-                                      if r.cabinet_id == p.reservations[0].cabinet_id
-                                      and r.zone == p.reservations[0].zone)
+        a, b = (
+            p.reservations[0],
+            next(
+                r
+                for r in p.reservations[1:]
+                if r.cabinet_id == p.reservations[0].cabinet_id and r.zone == p.reservations[0].zone
+            ),
+        )
         b.slot = a.slot
         b.start, b.end = a.start, a.end
+
     assert "cabinet" in _broken(double)
 
     def small(w: World, p: Plan) -> None:
         rv = next(r for r in p.reservations if r.size == "M" and r.zone == "hot")
         rv.slot = "H04"  # the one S slot at north
+
     assert "cabinet" in _broken(small)
 
     def stale(w: World, p: Plan) -> None:
         rv = p.reservations[0]
         rv.end += 500
+
     assert "freshness" in _broken(stale)
 
 

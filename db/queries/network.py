@@ -20,9 +20,7 @@ async def save_network(conn: asyncpg.Connection, spec: NetworkSpec) -> dict[str,
     await conn.execute("select pg_advisory_xact_lock(hashtext('exitbox:network'))")
     doc = spec.model_dump(mode="json")
     stats = {"stations": 0, "cabinets": 0, "slots_added": 0, "slots_retired": 0, "kitchens": 0}
-    new_slots = {
-        (c.id, s.label): s for st in spec.stations for c in st.cabinets for s in c.slot_list()
-    }
+    new_slots = {(c.id, s.label): s for st in spec.stations for c in st.cabinets for s in c.slot_list()}
     old = await conn.fetch(
         """select s.id, s.cabinet_id, s.label, s.zone, s.size, s.retired,
                   exists (select 1 from parcels p where p.slot_id = s.id and """
@@ -54,13 +52,16 @@ async def save_network(conn: asyncpg.Connection, spec: NetworkSpec) -> dict[str,
         """insert into network (id, city, timezone, doc, loaded_at) values (1, $1, $2, $3, now())
            on conflict (id) do update set city = excluded.city, timezone = excluded.timezone,
                doc = excluded.doc, loaded_at = now()""",
-        spec.city, spec.timezone, doc,
+        spec.city,
+        spec.timezone,
+        doc,
     )
     for st in spec.stations:
         await conn.execute(
             """insert into stations (id, name) values ($1, $2)
                on conflict (id) do update set name = excluded.name""",
-            st.id, st.name,
+            st.id,
+            st.name,
         )
         stats["stations"] += 1
         for c in st.cabinets:
@@ -68,7 +69,9 @@ async def save_network(conn: asyncpg.Connection, spec: NetworkSpec) -> dict[str,
                 """insert into cabinets (id, station_id, name) values ($1, $2, $3)
                    on conflict (id) do update set station_id = excluded.station_id,
                        name = excluded.name""",
-                c.id, st.id, c.name,
+                c.id,
+                st.id,
+                c.name,
             )
             stats["cabinets"] += 1
     old_keys = {(r["cabinet_id"], r["label"]) for r in old}
@@ -79,7 +82,10 @@ async def save_network(conn: asyncpg.Connection, spec: NetworkSpec) -> dict[str,
             """insert into slots (cabinet_id, label, zone, size) values ($1, $2, $3, $4)
                on conflict (cabinet_id, label) do update set zone = excluded.zone,
                    size = excluded.size, retired = false""",
-            cab, label, s.zone, s.size,
+            cab,
+            label,
+            s.zone,
+            s.size,
         )
     for r in old:
         if (r["cabinet_id"], r["label"]) not in new_slots and not r["retired"]:
@@ -90,7 +96,9 @@ async def save_network(conn: asyncpg.Connection, spec: NetworkSpec) -> dict[str,
             """insert into kitchens (id, name, doc) values ($1, $2, $3)
                on conflict (id) do update set name = excluded.name, doc = excluded.doc,
                    plan_version = kitchens.plan_version + 1""",
-            k.id, k.name, k.model_dump(mode="json"),
+            k.id,
+            k.name,
+            k.model_dump(mode="json"),
         )
         stats["kitchens"] += 1
     return stats

@@ -34,8 +34,15 @@ async def _tasks(conn: asyncpg.Connection, kitchen_ids: list[str], after: dateti
         start = to_minute(r["start_at"])
         out.append(
             Task(
-                r["id"], r["kitchen_id"], r["resource"], r["kind"], r["sku"], r["step"], start,
-                to_minute(r["end_at"]), dict(zip(r["oids"], r["units"], strict=True)),
+                r["id"],
+                r["kitchen_id"],
+                r["resource"],
+                r["kind"],
+                r["sku"],
+                r["step"],
+                start,
+                to_minute(r["end_at"]),
+                dict(zip(r["oids"], r["units"], strict=True)),
                 frozen=r["status"] == "done" or start <= now_m,
             )
         )
@@ -59,8 +66,13 @@ async def _runs(conn: asyncpg.Connection, kitchen_ids: list[str], after: datetim
         depart = to_minute(r["depart_at"])
         out.append(
             Run(
-                r["id"], r["kitchen_id"], r["station_id"], depart, to_minute(r["arrive_at"]),
-                to_minute(r["back_at"]), list(r["oids"]),
+                r["id"],
+                r["kitchen_id"],
+                r["station_id"],
+                depart,
+                to_minute(r["arrive_at"]),
+                to_minute(r["back_at"]),
+                list(r["oids"]),
                 frozen=r["status"] == "departed" or depart <= now_m,
             )
         )
@@ -82,8 +94,14 @@ async def _reservations(
     )
     return [
         Reservation(
-            r["order_id"], r["cabinet_id"], r["zone"], r["size"], r["label"], to_minute(r["f"]),
-            to_minute(r["t"]), frozen=r["state"] == "deposited",
+            r["order_id"],
+            r["cabinet_id"],
+            r["zone"],
+            r["size"],
+            r["label"],
+            to_minute(r["f"]),
+            to_minute(r["t"]),
+            frozen=r["state"] == "deposited",
         )
         for r in rows
     ]
@@ -99,9 +117,7 @@ async def load_state(
         plan.tasks[t.id] = t
     for r in await _runs(conn, [kitchen_id], now):
         plan.runs[r.id] = r
-    plan.reservations = await _reservations(
-        conn, list(world.station_cabinets.get(station_id, [])), now
-    )
+    plan.reservations = await _reservations(conn, list(world.station_cabinets.get(station_id, [])), now)
     state.load(plan)
     return state
 
@@ -117,8 +133,12 @@ async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[st
     plan = Plan()
     for r in orows:
         plan.orders[r["id"]] = OrderReq(
-            r["id"], r["kitchen_id"], r["station_id"], to_minute(r["eta"]),
-            {i["sku"]: i["qty"] for i in r["items"]}, r["cabinet_id"],
+            r["id"],
+            r["kitchen_id"],
+            r["station_id"],
+            to_minute(r["eta"]),
+            {i["sku"]: i["qty"] for i in r["items"]},
+            r["cabinet_id"],
         )
     epoch = datetime.fromtimestamp(0).astimezone()
     for t in await _tasks(conn, kitchen_ids, epoch):
@@ -159,7 +179,12 @@ async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
         await conn.execute(
             """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
                values ($1, $2, $3, $4, $5, $6)""",
-            r.id, r.kitchen_id, r.station_id, ts(r.depart), ts(r.arrive), ts(r.back),
+            r.id,
+            r.kitchen_id,
+            r.station_id,
+            ts(r.depart),
+            ts(r.arrive),
+            ts(r.back),
         )
     await conn.execute("insert into run_orders (run_id, order_id) values ($1, $2)", r.id, oid)
     await conn.executemany(
@@ -167,8 +192,7 @@ async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
            select $1, $2, $3, s.id, tstzrange($6, $7), $8
              from slots s where s.cabinet_id = $4 and s.label = $5""",
         [
-            (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end),
-             ts(ins.expiry[rv.zone]))
+            (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(ins.expiry[rv.zone]))
             for rv in ins.reservations
         ],
     )

@@ -15,16 +15,24 @@ async def healthz(call: Call) -> Health:
     return Health(status="ok")
 
 
-@api.route("GET", "/readyz", summary="Readiness: the database answers", tag="ops", roles=None,
-           response=Health, problems=(503,))
+@api.route(
+    "GET",
+    "/readyz",
+    summary="Readiness: the database answers",
+    tag="ops",
+    roles=None,
+    response=Health,
+    problems=(503,),
+)
 async def readyz(call: Call) -> Health:
     ctx = call.app[CTX]
     try:
         async with ctx.pool.acquire(timeout=2) as conn:
             await conn.fetchval("select 1")
     except Exception:
-        raise Problem(503, "unavailable", "the database is unreachable",
-                      headers={"Retry-After": "5"}) from None
+        raise Problem(
+            503, "unavailable", "the database is unreachable", headers={"Retry-After": "5"}
+        ) from None
     return Health(status="ready")
 
 

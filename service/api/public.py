@@ -12,15 +12,22 @@ from . import api
 from .keys import ctx_of
 
 
-@api.route("GET", "/v1/stations", summary="Stations with their cabinets and the kitchens serving them",
-           tag="public", roles=None, response=list[StationOut])
+@api.route(
+    "GET",
+    "/v1/stations",
+    summary="Stations with their cabinets and the kitchens serving them",
+    tag="public",
+    roles=None,
+    response=list[StationOut],
+)
 async def list_stations(call: Call) -> list[StationOut]:
     ctx = ctx_of(call.app)
     async with ctx.pool.acquire() as conn:
         spec, _ = await ctx.worlds.get(conn)
     return [
         StationOut(
-            id=s.id, name=s.name,
+            id=s.id,
+            name=s.name,
             cabinets=[Named(id=c.id, name=c.name) for c in s.cabinets],
             kitchens=[Named(id=k.id, name=k.name) for k in spec.kitchens if s.id in k.stations],
         )
@@ -28,8 +35,16 @@ async def list_stations(call: Call) -> list[StationOut]:
     ]
 
 
-@api.route("GET", "/v1/stations/{station_id}/offer", summary="What can be ordered for a pickup time",
-           tag="public", roles=None, query=OfferQuery, response=OfferOut, problems=(404,))
+@api.route(
+    "GET",
+    "/v1/stations/{station_id}/offer",
+    summary="What can be ordered for a pickup time",
+    tag="public",
+    roles=None,
+    query=OfferQuery,
+    response=OfferOut,
+    problems=(404,),
+)
 async def station_offer(call: Call) -> OfferOut:
     ctx = ctx_of(call.app)
     sid = call.match("station_id")
@@ -44,8 +59,7 @@ async def station_offer(call: Call) -> OfferOut:
     eta = q.eta or earliest
     eta_m, now_m = to_minute_ceil(eta), to_minute_ceil(now)
     items = [
-        OfferItem(kitchen_id=kid, sku=m.sku, name=m.name, price_cents=m.price_cents, zone=m.zone,
-                  size=m.size)
+        OfferItem(kitchen_id=kid, sku=m.sku, name=m.name, price_cents=m.price_cents, zone=m.zone, size=m.size)
         for kid in kitchens
         for m in spec.kitchen(kid).menu  # type: ignore[union-attr]
         if offerable(world.kitchens[kid], m.sku, sid, eta_m, now_m, ctx.settings.grace_minutes)

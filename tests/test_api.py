@@ -1,0 +1,495 @@
+"""Every endpoint over real HTTP against real PostgreSQL: answers, denials and bad input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from db.queries.plans import load_plan
+from service.ordering import WorldCache
+from solver.check import check
+from solver.model import Settings as PlannerSettings
+
+from .conftest import TINY_MORNING, Client
+
+ETA = (TINY_MORNING + timedelta(hours=1, minutes=30)).isoformat()  # 07:30 Berlin
+
+
+def order_body(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "station_id": "north",
+        "kitchen_id": "bakery",
+        "eta": ETA,
+        "items": [{"sku": "croissant", "qty": 2}, {"sku": "juice", "qty": 1}],
+    }
+    body.update(over)
+    return body
+
+
+async def place(c: Client, commuter: str = "alice", **over: Any) -> tuple[int, Any]:
+    status, body, _ = await c.call(
+        "POST", "/v1/orders", role="commuter", scope=commuter, json=order_body(**over)
+    )
+    return status, body
+
+
+async def assert_plan_checks(c: Client) -> None:
+    conn = await c.conn()
+    try:
+        _, world = await WorldCache().get(conn)
+        plan = await load_plan(conn, world, list(world.kitchens))
+    finally:
+        await conn.close()
+    violations = check(world, plan, PlannerSettings())
+    assert violations == [], violations
+
+
+def assert_problem(body: Any, status: int) -> None:
+    assert isinstance(body, dict), body
+    assert body["status"] == status
+    for key in ("type", "title", "detail"):
+        assert isinstance(body[key], str) and body[key]
+
+
+# --------------------------------------------------------------------------- public
+
+
+async def test_stations_lists_cabinets_and_kitchens(tiny: Client) -> None:
+    status, body, _ = await tiny.call("GET", "/v1/stations")
+    assert status == 200
+    north = next(s for s in body if s["id"] == "north")
+    assert north == {
+        "id": "north",
+        "name": "North Gate",
+        "cabinets": [{"id": "north-a", "name": "Exit A"}],
+        "kitchens": [{"id": "bakery", "name": "Corner Bakery"}],
+    }
+
+
+async def test_offer_defaults_to_earliest_and_filters_by_eta(tiny: Client) -> None:
+    status, body, _ = await tiny.call("GET", "/v1/stations/north/offer")
+    assert status == 200
+    assert body["eta"] == body["earliest_eta"]
+    assert {"juice"} <= {i["sku"] for i in body["items"]}
+    status, body, _ = await tiny.call("GET", f"/v1/stations/north/offer?eta={ETA.replace('+', '%2B')}")
+    assert status == 200
+    assert {i["sku"] for i in body["items"]} == {"croissant", "egg-roll", "juice", "bread"}
+    status, body, _ = await tiny.call("GET", "/v1/stations/nowhere/offer")
+    assert status == 404
+    assert_problem(body, 404)
+    status, body, _ = await tiny.call("GET", "/v1/stations/north/offer?eta=tomorrow")
+    assert status == 422
+    assert body["errors"][0]["field"] == "eta"
+
+
+# --------------------------------------------------------------------------- orders
+
+
+async def test_place_returns_code_and_retry_with_same_key_returns_same_order(tiny: Client) -> None:
+    h = {"Idempotency-Key": "abc-1"}
+    s1, b1, headers = await tiny.call(
+        "POST", "/v1/orders", role="commuter", scope="alice", json=order_body(), headers=h
+    )
+    assert s1 == 201, b1
+    assert len(b1["pickup_code"]) == 6 and b1["pickup_code"].isdigit()
+    assert b1["cabinet_id"] == "north-a" and b1["status"] == "confirmed"
+    assert b1["total_cents"] == 2 * 250 + 300
+    assert headers["Location"] == f"/v1/orders/{b1['id']}"
+    s2, b2, _ = await tiny.call(
+        "POST", "/v1/orders", role="commuter", scope="alice", json=order_body(), headers=h
+    )
+    assert s2 == 201 and b2 == b1
+    s3, b3, _ = await tiny.call(
+        "POST",
+        "/v1/orders",
+        role="commuter",
+        scope="alice",
+        json=order_body(eta=(TINY_MORNING + timedelta(hours=2)).isoformat()),
+        headers=h,
+    )
+    assert s3 == 422 and b3["type"].endswith("idempotency-key-reused")
+    conn = await tiny.conn()
+    try:
+        assert await conn.fetchval("select count(*) from orders") == 1
+        sealed = await conn.fetchval("select code_sealed from orders")
+        assert b1["pickup_code"] not in sealed
+    finally:
+        await conn.close()
+    await assert_plan_checks(tiny)
+
+
+async def test_order_is_readable_by_its_commuter_only(tiny: Client) -> None:
+    _, placed = await place(tiny)
+    oid = placed["id"]
+    status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="commuter", scope="alice")
+    assert status == 200
+    assert body["pickup_code"] == placed["pickup_code"]
+    assert body["timeline"][0]["kind"] == "placed"
+    assert body["deposit_at"] is not None and body["slots"]
+    for role, scope in (("commuter", "bob"), ("kitchen", "bakery"), ("operator", "north")):
+        status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role=role, scope=scope)
+        assert status in (403, 404), (role, status)
+        assert_problem(body, status)
+    status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="admin", scope="*")
+    assert status == 200
+
+
+async def test_bad_requests_get_problem_json(tiny: Client) -> None:
+    status, body, h = await tiny.call(
+        "POST",
+        "/v1/orders",
+        role="commuter",
+        scope="alice",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 400 and h["Content-Type"].startswith("application/problem+json")
+    assert_problem(body, 400)
+    status, body, _ = await tiny.call(
+        "POST",
+        "/v1/orders",
+        role="commuter",
+        scope="alice",
+        json={"station_id": "north", "items": [{"sku": "x", "qty": 0}]},
+    )
+    assert status == 422
+    fields = {e["field"] for e in body["errors"]}
+    assert {"kitchen_id", "eta", "items.0.qty"} <= fields
+    status, body, _ = await tiny.call("POST", "/v1/orders", json=order_body())
+    assert status == 401
+    status, body, _ = await tiny.call(
+        "POST", "/v1/orders", json=order_body(), headers={"Authorization": "Bearer nonsense"}
+    )
+    assert status == 401 and "not valid" in body["detail"]
+    status, body, _ = await tiny.call("POST", "/v1/orders", role="kitchen", scope="bakery", json=order_body())
+    assert status == 403
+    status, body, _ = await tiny.call("GET", "/v1/nothing-here")
+    assert status == 404 and body["type"] == "/problems/not-found"
+    status, body, h = await tiny.call("DELETE", "/v1/stations")
+    assert status == 405 and body["status"] == 405
+    big = {"station_id": "north", "pad": "x" * 200_000}
+    status, body, _ = await tiny.call("POST", "/v1/orders", role="commuter", scope="alice", json=big)
+    assert status == 413
+    assert_problem(body, 413)
+
+
+async def test_unknown_sku_and_unserved_station_are_invalid(tiny: Client) -> None:
+    status, body = await place(tiny, items=[{"sku": "pizza", "qty": 1}])
+    assert status == 409 and body["reason"] == "invalid"
+    status, body = await place(tiny, station_id="nowhere")
+    assert status == 409 and body["reason"] == "invalid"
+
+
+async def test_rejection_has_reason_and_alternatives(tiny: Client) -> None:
+    # two chilled slots at north: the third juice for the same time has no slot
+    for who in ("a", "b"):
+        status, _ = await place(tiny, who, items=[{"sku": "juice", "qty": 1}])
+        assert status == 201
+    status, body = await place(tiny, "c", items=[{"sku": "juice", "qty": 1}])
+    assert status == 409
+    assert body["type"] == "/problems/no-capacity"
+    assert body["reason"] == "no-cabinet-capacity"
+    assert body["alternatives"], body
+    alt = body["alternatives"][0]
+    status, placed = await place(
+        tiny,
+        "c",
+        items=[{"sku": "juice", "qty": 1}],
+        eta=alt["eta"],
+        station_id=alt["station_id"],
+        kitchen_id=alt["kitchen_id"],
+    )
+    assert status == 201, placed
+    await assert_plan_checks(tiny)
+
+
+async def test_too_late_and_closed(tiny: Client) -> None:
+    soon = (TINY_MORNING + timedelta(minutes=10)).isoformat()
+    status, body = await place(tiny, eta=soon)
+    assert status == 409 and body["reason"] == "too-late"
+    evening = (TINY_MORNING + timedelta(hours=12)).isoformat()
+    status, body = await place(tiny, eta=evening)
+    assert status == 409 and body["reason"] == "closed"
+
+
+# --------------------------------------------------------------------------- change, cancel
+
+
+async def test_change_eta_replans_or_refuses(tiny: Client) -> None:
+    _, placed = await place(tiny)
+    oid = placed["id"]
+    later = (TINY_MORNING + timedelta(hours=2)).isoformat()
+    status, body, _ = await tiny.call(
+        "PATCH", f"/v1/orders/{oid}", role="commuter", scope="alice", json={"eta": later}
+    )
+    assert status == 200, body
+    assert body["timeline"][-1]["kind"] == "eta-changed"
+    assert body["pickup_code"] == placed["pickup_code"]
+    await assert_plan_checks(tiny)
+    status, body, _ = await tiny.call(
+        "PATCH",
+        f"/v1/orders/{oid}",
+        role="commuter",
+        scope="alice",
+        json={"eta": (TINY_MORNING + timedelta(minutes=5)).isoformat()},
+    )
+    assert status == 409
+    status, body, _ = await tiny.call(
+        "PATCH", f"/v1/orders/{oid}", role="commuter", scope="bob", json={"eta": later}
+    )
+    assert status == 404
+    await assert_plan_checks(tiny)
+
+
+async def test_cancel_refunds_by_progress(tiny: Client) -> None:
+    _, a = await place(tiny, "alice")
+    status, body, _ = await tiny.call("POST", f"/v1/orders/{a['id']}/cancel", role="commuter", scope="alice")
+    assert status == 200 and body["status"] == "cancelled"
+    assert body["refund_cents"] == body["total_cents"] and body["pickup_code"] is None
+    status, body, _ = await tiny.call("POST", f"/v1/orders/{a['id']}/cancel", role="commuter", scope="alice")
+    assert status == 409
+    conn = await tiny.conn()
+    try:
+        assert await conn.fetchval("select count(*) from task_units where order_id = $1", a["id"]) == 0
+        assert await conn.fetchval("select count(*) from parcels where order_id = $1", a["id"]) == 0
+    finally:
+        await conn.close()
+    # cooking started: half back
+    _, b = await place(tiny, "bob")
+    plan = await kitchen_plan(tiny)
+    first = next(
+        t for r in plan["resources"] for t in r["tasks"] if b["id"] in [o["order_id"] for o in t["orders"]]
+    )
+    status, _, _ = await tiny.call(
+        "POST", f"/v1/kitchens/bakery/tasks/{first['id']}/done", role="kitchen", scope="bakery"
+    )
+    assert status == 200
+    status, body, _ = await tiny.call("POST", f"/v1/orders/{b['id']}/cancel", role="commuter", scope="bob")
+    assert status == 200 and body["refund_cents"] == body["total_cents"] // 2
+    await assert_plan_checks(tiny)
+
+
+# --------------------------------------------------------------------------- kitchen
+
+
+async def kitchen_plan(c: Client, kitchen: str = "bakery") -> Any:
+    frm = (c.clock.now() - timedelta(hours=1)).isoformat().replace("+", "%2B")
+    to = (c.clock.now() + timedelta(hours=4)).isoformat().replace("+", "%2B")
+    status, body, _ = await c.call(
+        "GET", f"/v1/kitchens/{kitchen}/plan?from={frm}&to={to}", role="kitchen", scope=kitchen
+    )
+    assert status == 200, body
+    return body
+
+
+async def test_kitchen_plan_is_scoped(tiny: Client) -> None:
+    await place(tiny)
+    body = await kitchen_plan(tiny)
+    assert {r["id"] for r in body["resources"]} == {"oven", "counter", "pack"}
+    tasks = [t for r in body["resources"] for t in r["tasks"]]
+    assert any(t["sku"] == "croissant" and t["units"] == 2 and t["batch"] == 12 for t in tasks)
+    assert len(body["runs"]) == 1 and body["runs"][0]["station_id"] == "north"
+    status, body, _ = await tiny.call("GET", "/v1/kitchens/bakery/plan", role="kitchen", scope="other")
+    assert status == 404
+    status, body, _ = await tiny.call("GET", "/v1/kitchens/bakery/plan", role="operator", scope="north")
+    assert status == 403
+    status, body, _ = await tiny.call(
+        "POST", "/v1/kitchens/bakery/tasks/t-nope/done", role="kitchen", scope="bakery"
+    )
+    assert status == 404
+    status, body, _ = await tiny.call("POST", "/v1/runs/r-nope/depart", role="kitchen", scope="bakery")
+    assert status == 404
+
+
+# --------------------------------------------------------------------------- the journey
+
+
+async def test_full_journey_place_cook_depart_deposit_open(tiny: Client) -> None:
+    _, placed = await place(tiny)
+    oid, code = placed["id"], placed["pickup_code"]
+    plan = await kitchen_plan(tiny)
+    mine = [t for r in plan["resources"] for t in r["tasks"] if oid in [o["order_id"] for o in t["orders"]]]
+    assert {t["kind"] for t in mine} == {"prep", "pack"}
+    for t in sorted(mine, key=lambda t: t["start"]):
+        status, body, _ = await tiny.call(
+            "POST", f"/v1/kitchens/bakery/tasks/{t['id']}/done", role="kitchen", scope="bakery"
+        )
+        assert status == 200 and body["status"] == "done"
+    status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="commuter", scope="alice")
+    assert body["status"] == "cooking"
+    assert [e["kind"] for e in body["timeline"]][:3] == ["placed", "cooking", "ready"]
+    run = plan["runs"][0]
+    # a courier of another kitchen cannot report this run
+    status, _, _ = await tiny.call("POST", f"/v1/runs/{run['id']}/depart", role="kitchen", scope="other")
+    assert status == 404
+    status, body, _ = await tiny.call("POST", f"/v1/runs/{run['id']}/depart", role="kitchen", scope="bakery")
+    assert status == 200 and body["status"] == "departed" and oid in body["orders"]
+    # the cabinet will not open before the food is in
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="north-a", json={"code": code}
+    )
+    assert status == 409
+    tiny.clock.advance(20)
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/south-a/deposit", role="kitchen", scope="bakery", json={"order_id": oid}
+    )
+    assert status == 409
+    status, dep, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/deposit", role="kitchen", scope="bakery", json={"order_id": oid}
+    )
+    assert status == 200, dep
+    assert len(dep["slots"]) == 2 and not dep["overflow"]
+    assert any(s.startswith("H") for s in dep["slots"]) and any(s.startswith("C") for s in dep["slots"])
+    # another cabinet's keypad does not know the code
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="south-a", json={"code": code}
+    )
+    assert status == 404
+    tiny.clock.advance(5)
+    status, opened, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="north-a", json={"code": code}
+    )
+    assert status == 200 and sorted(opened["slots"]) == sorted(dep["slots"])
+    status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="commuter", scope="alice")
+    assert body["status"] == "picked_up" and body["picked_up_at"] is not None
+    kinds = [e["kind"] for e in body["timeline"]]
+    assert kinds == ["placed", "cooking", "ready", "departed", "deposited", "picked-up"]
+    # a used code opens nothing any more
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="north-a", json={"code": code}
+    )
+    assert status == 403
+    await assert_plan_checks(tiny)
+
+
+async def test_wrong_codes_are_limited_per_cabinet(tiny: Client) -> None:
+    _, placed = await place(tiny)
+    wrong = f"{(int(placed['pickup_code']) + 1) % 1_000_000:06d}"
+    for _ in range(4):
+        status, body, _ = await tiny.call(
+            "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="north-a", json={"code": wrong}
+        )
+        assert status == 403
+    status, body, h = await tiny.call(
+        "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="north-a", json={"code": wrong}
+    )
+    assert status == 403 and int(h["Retry-After"]) == 60
+    status, body, h = await tiny.call(
+        "POST",
+        "/v1/cabinets/north-a/open",
+        role="cabinet",
+        scope="north-a",
+        json={"code": placed["pickup_code"]},
+    )
+    assert status == 429 and 0 < int(h["Retry-After"]) <= 60
+    assert body["type"].endswith("too-many-attempts")
+    # another cabinet is not locked
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/south-a/open", role="cabinet", scope="south-a", json={"code": wrong}
+    )
+    assert status == 403
+    tiny.clock.advance(1.1)
+    status, body, _ = await tiny.call(
+        "POST",
+        "/v1/cabinets/north-a/open",
+        role="cabinet",
+        scope="north-a",
+        json={"code": placed["pickup_code"]},
+    )
+    assert status == 409  # accepted again: the order is simply not in the cabinet yet
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/open", role="cabinet", scope="north-a", json={"code": "12345"}
+    )
+    assert status == 422
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+async def test_expiry_sweep_frees_slot_and_refunds(tiny: Client) -> None:
+    from service.api.keys import CTX
+    from service.operations import sweep_expired
+
+    _, placed = await place(tiny, items=[{"sku": "croissant", "qty": 1}])
+    oid = placed["id"]
+    ctx = tiny.app[CTX]
+    assert await sweep_expired(ctx) == 0
+    tiny.clock.advance(3 * 60)
+    assert await sweep_expired(ctx) == 1
+    _status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="commuter", scope="alice")
+    assert body["status"] == "expired" and body["refund_cents"] == body["total_cents"]
+    assert body["timeline"][-1]["kind"] == "expired"
+    conn = await tiny.conn()
+    try:
+        states = await conn.fetch("select state from parcels where order_id = $1", oid)
+        assert [r["state"] for r in states] == ["expired"]
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- operator
+
+
+async def test_occupancy_and_slot_disable_moves_reservations(tiny: Client) -> None:
+    _, placed = await place(tiny, items=[{"sku": "juice", "qty": 1}])
+    oid = placed["id"]
+    status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="commuter", scope="alice")
+    label = body["slots"][0]
+    assert label.startswith("C")
+    frm = (TINY_MORNING + timedelta(hours=1)).isoformat().replace("+", "%2B")
+    status, occ, _ = await tiny.call(
+        "GET", f"/v1/stations/north/occupancy?from={frm}&step=10", role="operator", scope="north"
+    )
+    assert status == 200
+    chilled = next(z for z in occ["cabinets"][0]["zones"] if z["zone"] == "chilled")
+    assert chilled["capacity"] == 2
+    assert max(p["reserved"] for p in chilled["series"]) == 1
+    status, _, _ = await tiny.call("GET", "/v1/stations/north/occupancy", role="operator", scope="south")
+    assert status == 404
+    status, body, _ = await tiny.call(
+        "POST", f"/v1/slots/north-a/{label}/disable", role="operator", scope="south"
+    )
+    assert status == 404
+    status, body, _ = await tiny.call(
+        "POST", f"/v1/slots/north-a/{label}/disable", role="operator", scope="north"
+    )
+    assert status == 200 and body["enabled"] is False
+    assert body["affected"] == [
+        {"order_id": oid, "outcome": "moved", "slot": "C02" if label == "C01" else "C01"}
+    ]
+    status, body, _ = await tiny.call("GET", f"/v1/orders/{oid}", role="commuter", scope="alice")
+    assert body["slots"] != [label] and body["timeline"][-1]["kind"] == "slot-changed"
+    await assert_plan_checks(tiny)
+    # with the slot out of service, capacity shrinks and admission respects it
+    status, occ, _ = await tiny.call("GET", "/v1/stations/north/occupancy", role="operator", scope="north")
+    chilled = next(z for z in occ["cabinets"][0]["zones"] if z["zone"] == "chilled")
+    assert chilled["capacity"] == 1
+    status, body = await place(tiny, "bob", items=[{"sku": "juice", "qty": 1}])
+    assert status == 409 and body["reason"] == "no-cabinet-capacity"
+    status, body, _ = await tiny.call(
+        "POST", f"/v1/slots/north-a/{label}/enable", role="operator", scope="north"
+    )
+    assert status == 200 and body["enabled"] is True
+    status, body = await place(tiny, "bob", items=[{"sku": "juice", "qty": 1}])
+    assert status == 201
+    await assert_plan_checks(tiny)
+
+
+# --------------------------------------------------------------------------- ops
+
+
+async def test_health_ready_metrics_openapi_docs(tiny: Client) -> None:
+    assert (await tiny.call("GET", "/healthz"))[0] == 200
+    status, body, _ = await tiny.call("GET", "/readyz")
+    assert status == 200 and body["status"] == "ready"
+    await tiny.call("GET", "/v1/stations")
+    status, text, _ = await tiny.call("GET", "/metrics")
+    assert status == 200 and "exitbox_http_requests_total" in text
+    status, spec, _ = await tiny.call("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert "/v1/orders" in spec["paths"] and "post" in spec["paths"]["/v1/orders"]
+    body_ref = spec["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]
+    assert body_ref["schema"]["$ref"].endswith("/PlaceOrder")
+    assert "eta" in spec["components"]["schemas"]["PlaceOrder"]["properties"]
+    status, html, _ = await tiny.call("GET", "/docs")
+    assert status == 200 and "/openapi.json" in html
