@@ -493,3 +493,41 @@ async def test_health_ready_metrics_openapi_docs(tiny: Client) -> None:
     assert "eta" in spec["components"]["schemas"]["PlaceOrder"]["properties"]
     status, html, _ = await tiny.call("GET", "/docs")
     assert status == 200 and "/openapi.json" in html
+
+
+async def test_deposit_is_for_the_orders_own_kitchen_and_cabinet(tiny: Client) -> None:
+    _, placed = await place(tiny)
+    oid = placed["id"]
+    for role, scope in (("kitchen", "other"), ("cabinet", "north-a"), ("operator", "north")):
+        status, body, _ = await tiny.call(
+            "POST", "/v1/cabinets/north-a/deposit", role=role, scope=scope, json={"order_id": oid}
+        )
+        assert status in (403, 404), (role, status)
+        assert_problem(body, status)
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/deposit", role="kitchen", scope="bakery", json={"order_id": "o-x"}
+    )
+    assert status == 404
+    status, body, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/deposit", role="kitchen", scope="bakery", json={}
+    )
+    assert status == 422 and body["errors"][0]["field"] == "order_id"
+    # depositing twice answers the same slots and changes nothing
+    status, first, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/deposit", role="kitchen", scope="bakery", json={"order_id": oid}
+    )
+    status2, again, _ = await tiny.call(
+        "POST", "/v1/cabinets/north-a/deposit", role="kitchen", scope="bakery", json={"order_id": oid}
+    )
+    assert status == status2 == 200 and first == again
+    # a cancelled order cannot be deposited
+    _, other = await place(tiny, "bob", items=[{"sku": "croissant", "qty": 1}])
+    await tiny.call("POST", f"/v1/orders/{other['id']}/cancel", role="commuter", scope="bob")
+    status, body, _ = await tiny.call(
+        "POST",
+        "/v1/cabinets/north-a/deposit",
+        role="kitchen",
+        scope="bakery",
+        json={"order_id": other["id"]},
+    )
+    assert status == 409
