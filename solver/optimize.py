@@ -1,0 +1,683 @@
+"""CP-SAT re-planning of one kitchen's work that has not started.
+
+A partition is a set of *movable* orders of one kitchen: none of their tasks has started, their
+run has not left, nothing of theirs is in a cabinet, and they share no task with an order that is
+not movable. Everything else (other orders' tasks and runs, every other reservation in the
+cabinets they use) is fixed context.
+
+The model keeps each movable task's batch (its units) and re-times it; each order picks a courier
+departure among the existing runs and a grid of candidate departures; parcels reserve slot time in
+a cumulative per cabinet, zone and size level (S parcels fit M and L slots); physical slot labels
+are given afterwards by interval colouring. For a *repair*, the new order's units may join open
+batches (fixed or movable) or take new tasks.
+
+Objective, in order of weight: deposit by ``eta - margin``; fewer courier runs; least hold time
+(ready to eta). A result is committed only if ``check`` passes on the kitchen's plan and, for
+background re-optimization, only if it is no worse than the plan it replaces.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from ortools.sat.python import cp_model
+
+from .admission import PlanState
+from .check import check
+from .model import SIZE_RANK, KitchenView, OrderReq, Plan, Reservation, Run, Settings, Task, World, parcels_of
+
+W_LATE = 1000
+W_RUN = 20
+W_HOLD = 1
+WAVE_STEP = 3
+
+
+@dataclass
+class ReoptReport:
+    improved: bool
+    status: str
+    orders: int
+    objective_before: int | None
+    objective_after: int | None
+    bound: float | None
+    seconds: float
+
+
+@dataclass
+class _Solution:
+    starts: dict[str, int]  # task id -> start
+    wave_of: dict[str, int]  # order id -> wave index
+    waves: list[tuple[str, int, str | None]]  # (station, depart, existing fixed run id)
+    new_tasks: list[Task]  # repair: tasks for the new order
+    joins: dict[str, int]  # repair: task id -> units of the new order
+    objective: int
+    bound: float
+    status: str
+
+
+def _window(k: KitchenView, minute: int) -> tuple[int, int]:
+    for w in k.windows(minute - 1, minute + 1):
+        if w[0] <= minute < w[1]:
+            return w
+    return (minute, minute)
+
+
+class Optimizer:
+    def __init__(self, world: World, settings: Settings, seed: int = 0, workers: int = 2) -> None:
+        self.world = world
+        self.settings = settings
+        self.seed = seed
+        self.workers = workers
+        self._ids = 0
+
+    def _new_id(self, kind: str) -> str:
+        self._ids += 1
+        return f"{kind}x{self._ids:06d}"
+
+    # ------------------------------------------------------------------ partition
+
+    def movable(self, state: PlanState, kid: str, now: int, lo: int, hi: int, limit: int) -> list[str]:
+        plan = state.plan
+        cand = []
+        for o in plan.orders.values():
+            if o.kitchen_id != kid or not lo <= o.eta <= hi:
+                continue
+            rid = state.run_of.get(o.id)
+            if rid is None or plan.runs[rid].depart <= now or plan.runs[rid].frozen:
+                continue
+            if any(plan.tasks[t].start <= now or plan.tasks[t].frozen for t in state.tasks_of[o.id]):
+                continue
+            if any(rv.start <= now or rv.frozen for rv in state.res_by_order[o.id]):
+                continue
+            cand.append(o)
+        cand.sort(key=lambda o: (o.eta, o.id))
+        ok = {o.id for o in cand[:limit]}
+        changed = True
+        while changed:
+            changed = False
+            for oid in sorted(ok):
+                if any(u not in ok for t in state.tasks_of[oid] for u in plan.tasks[t].units):
+                    ok.discard(oid)
+                    changed = True
+        return sorted(ok, key=lambda x: (plan.orders[x].eta, x))
+
+    # ------------------------------------------------------------------ public
+
+    def reoptimize(
+        self, state: PlanState, kid: str, now: int, seconds: float, horizon: int = 150, limit: int = 300
+    ) -> ReoptReport:
+        t0 = time.perf_counter()
+        ids = self.movable(state, kid, now, now, now + horizon, limit)
+        if len(ids) < 2:
+            return ReoptReport(False, "nothing to move", len(ids), None, None, None, time.perf_counter() - t0)
+        before = self._objective_of_current(state, ids)
+        sol = self._solve(state, kid, now, ids, None, seconds)
+        if sol is None:
+            return ReoptReport(False, "no solution", len(ids), before, None, None, time.perf_counter() - t0)
+        if sol.objective >= before:
+            return ReoptReport(
+                False, sol.status, len(ids), before, sol.objective, sol.bound, time.perf_counter() - t0
+            )
+        ok = self._commit(state, kid, now, ids, None, sol)
+        return ReoptReport(
+            ok, sol.status, len(ids), before, sol.objective, sol.bound, time.perf_counter() - t0
+        )
+
+    def repair(self, state: PlanState, order: OrderReq, now: int, seconds: float, window: int = 90) -> bool:
+        """Make room for ``order`` by moving not-started work; True if it is now in the plan."""
+        kid = order.kitchen_id
+        ids = self.movable(state, kid, now, order.eta - window, order.eta + window, 250)
+        sol = self._solve(state, kid, now, ids, order, seconds)
+        if sol is None:
+            return False
+        return self._commit(state, kid, now, ids, order, sol)
+
+    # ------------------------------------------------------------------ objective of the plan as is
+
+    def _objective_of_current(self, state: PlanState, ids: list[str]) -> int:
+        plan = state.plan
+        k_runs = set()
+        total = 0
+        for oid in ids:
+            o = plan.orders[oid]
+            run = plan.runs[state.run_of[oid]]
+            k_runs.add(run.id)
+            total += W_LATE * max(0, run.arrive - (o.eta - self.settings.margin))
+            ready = max(plan.tasks[t].end for t in state.tasks_of[oid] if self._is_final(plan, t))
+            total += W_HOLD * (o.eta - ready)
+        movable = set(ids)
+        for rid in k_runs:
+            if all(x in movable for x in plan.runs[rid].orders):
+                total += W_RUN
+        return total
+
+    def _is_final(self, plan: Plan, tid: str) -> bool:
+        t = plan.tasks[tid]
+        if t.kind == "pack":
+            return True
+        k = self.world.kitchens[t.kitchen_id]
+        return k.pack is None and t.sku is not None and t.step == len(k.menu[t.sku].steps)
+
+    # ------------------------------------------------------------------ model
+
+    def _solve(
+        self,
+        state: PlanState,
+        kid: str,
+        now: int,
+        ids: list[str],
+        extra: OrderReq | None,
+        seconds: float,
+    ) -> _Solution | None:
+        world, st = self.world, self.settings
+        k = world.kitchens[kid]
+        plan = state.plan
+        base = now
+        movable = set(ids)
+        m = cp_model.CpModel()
+        orders = [plan.orders[i] for i in ids]
+        if extra is not None:
+            orders.append(extra)
+
+        mtask_ids = sorted({t for oid in ids for t in state.tasks_of[oid]})
+        mtasks = [plan.tasks[t] for t in mtask_ids]
+        start: dict[str, Any] = {}
+        intervals: dict[str, list[Any]] = defaultdict(list)
+        demands: dict[str, list[int]] = defaultdict(list)
+        for t in mtasks:
+            dur = t.end - t.start
+            w0, w1 = _window(k, t.start)
+            lo, hi = max(now + 1, w0), w1 - dur
+            if lo > hi:
+                return None
+            s = m.new_int_var(lo - base, hi - base, f"s_{t.id}")
+            m.add_hint(s, min(max(t.start, lo), hi) - base)
+            start[t.id] = s
+            intervals[t.resource].append(m.new_fixed_size_interval_var(s, dur, f"i_{t.id}"))
+            demands[t.resource].append(1)
+        for t in plan.tasks.values():
+            if t.kitchen_id != kid or t.id in start or t.end <= now:
+                continue
+            s0 = max(t.start, now) - base
+            intervals[t.resource].append(m.new_fixed_size_interval_var(s0, t.end - max(t.start, now), ""))
+            demands[t.resource].append(1)
+
+        # the new order's structure (repair)
+        new_tasks: list[tuple[Task, Any, Any]] = []  # (task, presence literal, start var)
+        join_lits: list[tuple[str, int, Any]] = []  # (task id, units, literal)
+        extra_final: list[tuple[Any, int]] = []  # (start var, duration) of the new order's last steps
+        extra_last: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+        if extra is not None:
+            horizon_hi = extra.eta - base
+            for sku, qty in extra.items.items():
+                item = k.menu[sku]
+                bsize = min(b for _, _, b in item.steps)
+                bundles = [min(bsize, qty - i) for i in range(0, qty, bsize)]
+                for _bi, units in enumerate(bundles):
+                    prev: tuple[Any, int] | None = None
+                    for step, (res, dur, batch) in enumerate(item.steps, start=1):
+                        w0, w1 = _window(k, extra.eta - k.travel[extra.station_id])
+                        if max(now + 1, w0) > min(w1 - dur, extra.eta):
+                            return None
+                        v = m.new_int_var(max(now + 1, w0) - base, min(w1 - dur, extra.eta) - base, "")
+                        options = []
+                        for t in state.kitchens[kid].batches.get((sku, step), ()):
+                            spare = batch - t.total_units
+                            if spare < units or t.end <= now or t.start <= now or t.frozen:
+                                continue
+                            if abs(t.end - extra.eta) > 150:
+                                continue
+                            lit = m.new_bool_var("")
+                            if t.id in start:
+                                m.add(v == start[t.id]).only_enforce_if(lit)
+                            else:
+                                m.add(v == t.start - base).only_enforce_if(lit)
+                            join_lits.append((t.id, units, lit))
+                            options.append(lit)
+                        new_lit = m.new_bool_var("")
+                        options.append(new_lit)
+                        m.add_exactly_one(options)
+                        iv = m.new_optional_fixed_size_interval_var(v, dur, new_lit, "")
+                        intervals[res].append(iv)
+                        demands[res].append(1)
+                        task = Task(self._new_id("t"), kid, res, "prep", sku, step, 0, 0, {extra.id: units})
+                        new_tasks.append((task, new_lit, v))
+                        if prev is not None:
+                            m.add(v >= prev[0] + prev[1])
+                        prev = (v, dur)
+                    assert prev is not None
+                    m.add(prev[0] + prev[1] >= extra.eta + st.grace - item.max_hold - base)
+                    extra_final.append(prev)
+                    extra_last[sku].append(prev)
+            if k.pack is not None:
+                res, dur = k.pack
+                w0, w1 = _window(k, extra.eta - k.travel[extra.station_id])
+                if max(now + 1, w0) - base > min(w1 - dur - base, horizon_hi):
+                    return None
+                p = m.new_int_var(max(now + 1, w0) - base, min(w1 - dur - base, horizon_hi), "")
+                intervals[res].append(m.new_fixed_size_interval_var(p, dur, ""))
+                demands[res].append(1)
+                for v, d in extra_final:
+                    m.add(p >= v + d)
+                task = Task(self._new_id("t"), kid, res, "pack", None, None, 0, 0, {extra.id: 1})
+                new_tasks.append((task, None, p))
+            # batch capacity of joined tasks
+            by_task: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+            for tid, units, lit in join_lits:
+                by_task[tid].append((units, lit))
+            for tid, opts in by_task.items():
+                t = plan.tasks[tid]
+                batch = k.menu[t.sku or ""].steps[(t.step or 1) - 1][2]
+                m.add(sum(u * lit for u, lit in opts) <= batch - t.total_units)
+
+        for res, ivs in intervals.items():
+            m.add_cumulative(ivs, demands[res], k.capacity[res])
+
+        # precedence, freshness and readiness of movable orders
+        ready: dict[str, Any] = {}
+        for o in orders:
+            if o.id not in movable:
+                continue
+            by_step: dict[tuple[str, int], list[Task]] = defaultdict(list)
+            pack_task = None
+            for tid in state.tasks_of[o.id]:
+                t = plan.tasks[tid]
+                if t.kind == "pack":
+                    pack_task = t
+                else:
+                    by_step[(t.sku or "", t.step or 0)].append(t)
+            finals = []
+            for sku in o.items:
+                item = k.menu[sku]
+                n = len(item.steps)
+                for i in range(1, n):
+                    for a in by_step[(sku, i)]:
+                        for b in by_step[(sku, i + 1)]:
+                            m.add(start[b.id] >= start[a.id] + (a.end - a.start))
+                for a in by_step[(sku, n)]:
+                    m.add(start[a.id] + (a.end - a.start) >= o.eta + st.grace - item.max_hold - base)
+                    finals.append(a)
+            if pack_task is not None:
+                for a in finals:
+                    m.add(start[pack_task.id] >= start[a.id] + (a.end - a.start))
+                ready[o.id] = start[pack_task.id] + (pack_task.end - pack_task.start)
+            else:
+                rmax = m.new_int_var(-(10**6), 10**6, "")
+                m.add_max_equality(rmax, [start[a.id] + (a.end - a.start) for a in finals])
+                ready[o.id] = rmax
+        if extra is not None:
+            if k.pack is not None:
+                ready[extra.id] = new_tasks[-1][2] + k.pack[1]
+            else:
+                rmax = m.new_int_var(-(10**6), 10**6, "")
+                m.add_max_equality(rmax, [v + d for v, d in extra_final])
+                ready[extra.id] = rmax
+
+        # waves: fixed runs (carrying orders that stay) and candidate departures
+        fixed_runs: dict[str, Run] = {}
+        fixed_load: dict[str, int] = {}
+        courier_ivs = []
+        for r in plan.runs.values():
+            if r.kitchen_id != kid or r.back <= now:
+                continue
+            stay = [o for o in r.orders if o not in movable]
+            if not stay:
+                continue
+            fixed_runs[r.id] = r
+            fixed_load[r.id] = len(stay)
+            s0 = max(r.depart, now)
+            courier_ivs.append(m.new_fixed_size_interval_var(s0 - base, r.back - s0, ""))
+        waves: list[tuple[str, int, str | None]] = []
+        wave_index: dict[tuple[str, int, str | None], int] = {}
+
+        def wave(station: str, dep: int, rid: str | None) -> int:
+            key = (station, dep, rid)
+            if key not in wave_index:
+                wave_index[key] = len(waves)
+                waves.append(key)
+            return wave_index[key]
+
+        x: dict[tuple[str, int], Any] = {}
+        per_order_waves: dict[str, list[int]] = {}
+        for o in orders:
+            tr = k.travel[o.station_id]
+            latest = o.eta - tr
+            earliest = max(now + 1, o.eta - tr - st.search_minutes)
+            cand = set()
+            for rid, r in fixed_runs.items():
+                if r.station_id == o.station_id and earliest <= r.depart <= latest and r.depart > now:
+                    if fixed_load[rid] < k.run_capacity:
+                        cand.add(wave(o.station_id, r.depart, rid))
+            g = latest - latest % WAVE_STEP
+            while g >= earliest and latest - g <= 60:
+                cand.add(wave(o.station_id, g, None))
+                g -= WAVE_STEP
+            for d in (o.eta - st.margin - tr, latest):
+                if d >= earliest:
+                    cand.add(wave(o.station_id, d, None))
+            cur = state.run_of.get(o.id)
+            if cur is not None and o.id in movable:
+                r = plan.runs[cur]
+                if cur in fixed_runs:
+                    cand.add(wave(o.station_id, r.depart, cur))
+                elif r.depart >= earliest:
+                    cand.add(wave(o.station_id, r.depart, None))
+            if not cand:
+                return None
+            per_order_waves[o.id] = sorted(cand)
+            for w in cand:
+                x[(o.id, w)] = m.new_bool_var("")
+            m.add_exactly_one(x[(o.id, w)] for w in cand)
+        used: dict[int, Any] = {}
+        members: dict[int, list[Any]] = defaultdict(list)
+        for (oid, w), lit in x.items():
+            members[w].append(lit)
+            m.add(ready[oid] <= waves[w][1] - base).only_enforce_if(lit)
+        for w, lits in members.items():
+            station, dep, wrid = waves[w]
+            if wrid is not None:
+                m.add(sum(lits) <= k.run_capacity - fixed_load[wrid])
+                continue
+            u = m.new_bool_var(f"used_{w}")
+            used[w] = u
+            for lit in lits:
+                m.add_implication(lit, u)
+            m.add(sum(lits) <= k.run_capacity)
+            m.add(sum(lits) >= 1).only_enforce_if(u)
+            tr = k.travel[station]
+            courier_ivs.append(m.new_optional_fixed_size_interval_var(dep - base, 2 * tr, u, ""))
+        if courier_ivs:
+            m.add_cumulative(courier_ivs, [1] * len(courier_ivs), k.couriers)
+
+        # deposits and cabinets
+        deposit: dict[str, Any] = {}
+        for o in orders:
+            tr = k.travel[o.station_id]
+            ows = per_order_waves[o.id]
+            lo = min(waves[w][1] for w in ows) + tr - base
+            hi = max(waves[w][1] for w in ows) + tr - base
+            dv = m.new_int_var(lo, hi, f"dep_{o.id}")
+            m.add(dv == sum((waves[w][1] + tr - base) * x[(o.id, w)] for w in ows))
+            deposit[o.id] = dv
+        cabinet_of: dict[str, str] = {}
+        for o in orders:
+            if o.id in movable:
+                cabinet_of[o.id] = state.res_by_order[o.id][0].cabinet_id
+            else:
+                cabinet_of[o.id] = self._cabinet_for(o, k)
+        groups: dict[tuple[str, str], list[tuple[Any, int]]] = defaultdict(list)  # -> (interval, rank)
+        for o in orders:
+            end = o.eta + st.grace - base
+            for zone, size in parcels_of(o, k).items():
+                dv = deposit[o.id]
+                ln = m.new_int_var(0, 10**6, "")
+                m.add(ln == end - dv)
+                iv = m.new_interval_var(dv, ln, end, "")
+                groups[(cabinet_of[o.id], zone)].append((iv, SIZE_RANK[size]))
+        for (cab, zone), lst in groups.items():
+            for rv in plan.reservations:
+                if rv.cabinet_id != cab or rv.zone != zone or rv.order_id in movable or rv.end <= now:
+                    continue
+                s0 = max(rv.start, now)
+                lst.append((m.new_fixed_size_interval_var(s0 - base, rv.end - s0, ""), SIZE_RANK[rv.size]))
+            slots = [sl for sl in world.slots.get(cab, []) if sl.zone == zone]
+            for level in range(3):
+                cap = sum(1 for sl in slots if SIZE_RANK[sl.size] >= level)
+                ivs = [iv for iv, rank in lst if rank >= level]
+                if not ivs:
+                    continue
+                if cap == 0:
+                    return None
+                m.add_cumulative(ivs, [1] * len(ivs), cap)
+
+        # objective and hints
+        terms = []
+        for o in orders:
+            late = m.new_int_var(0, 10**5, "")
+            m.add(late >= deposit[o.id] - (o.eta - st.margin - base))
+            terms.append(W_LATE * late)
+            terms.append(W_HOLD * (o.eta - base - ready[o.id]))
+        terms.extend(W_RUN * u for u in used.values())
+        m.minimize(sum(terms))
+        for oid in ids:
+            cur = state.run_of[oid]
+            r = plan.runs[cur]
+            key = (plan.orders[oid].station_id, r.depart, cur if cur in fixed_runs else None)
+            for w in per_order_waves[oid]:
+                m.add_hint(x[(oid, w)], waves[w] == key)
+
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = max(0.05, seconds)
+        solver.parameters.num_workers = self.workers
+        solver.parameters.random_seed = self.seed
+        status = solver.solve(m)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        starts = {tid: solver.value(s) + base for tid, s in start.items()}
+        wave_of = {}
+        for o in orders:
+            for w in per_order_waves[o.id]:
+                if solver.boolean_value(x[(o.id, w)]):
+                    wave_of[o.id] = w
+        made: list[Task] = []
+        joins: dict[str, int] = {}
+        for task, lit, v in new_tasks:
+            if lit is None or solver.boolean_value(lit):
+                sv = solver.value(v) + base
+                dur = (
+                    k.pack[1]
+                    if task.kind == "pack" and k.pack
+                    else k.menu[task.sku or ""].steps[(task.step or 1) - 1][1]
+                )
+                task.start, task.end = sv, sv + dur
+                made.append(task)
+        for tid, units, lit in join_lits:
+            if solver.boolean_value(lit):
+                joins[tid] = joins.get(tid, 0) + units
+        return _Solution(
+            starts,
+            wave_of,
+            waves,
+            made,
+            joins,
+            int(solver.objective_value),
+            float(solver.best_objective_bound),
+            solver.status_name(status),
+        )
+
+    def _cabinet_for(self, o: OrderReq, k: KitchenView) -> str:
+        zones = set(parcels_of(o, k))
+        cabs = self.world.station_cabinets[o.station_id]
+        for c in cabs:
+            if zones <= {s.zone for s in self.world.slots.get(c, [])}:
+                return c
+        return cabs[0]
+
+    # ------------------------------------------------------------------ commit
+
+    def _commit(
+        self,
+        state: PlanState,
+        kid: str,
+        now: int,
+        ids: list[str],
+        extra: OrderReq | None,
+        sol: _Solution,
+    ) -> bool:
+        world, st = self.world, self.settings
+        k = world.kitchens[kid]
+        plan = state.plan
+        movable = set(ids)
+        orders = {oid: plan.orders[oid] for oid in ids}
+        if extra is not None:
+            orders[extra.id] = extra
+        # tasks: movable ones re-timed (copies), joined ones get the new units
+        new_tasks: dict[str, Task] = {}
+        for tid, s in sol.starts.items():
+            t = plan.tasks[tid]
+            new_tasks[tid] = Task(
+                t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, s, s + (t.end - t.start), dict(t.units)
+            )
+        for tid, units in sol.joins.items():
+            assert extra is not None
+            t = new_tasks.get(tid) or plan.tasks[tid]
+            nt = Task(t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, t.start, t.end, dict(t.units))
+            nt.units[extra.id] = nt.units.get(extra.id, 0) + units
+            new_tasks[tid] = nt
+        for t in sol.new_tasks:
+            new_tasks[t.id] = t
+        # runs: waves of fixed runs keep their id; new waves reuse ids of the runs they replace
+        old_runs = {state.run_of[oid] for oid in ids}
+        reusable = sorted(
+            (plan.runs[r].depart, r) for r in old_runs if all(o in movable for o in plan.runs[r].orders)
+        )
+        reuse_by_dep: dict[tuple[str, int], str] = {}
+        for dep, rid in reusable:
+            reuse_by_dep.setdefault((plan.runs[rid].station_id, dep), rid)
+        run_orders: dict[int, list[str]] = defaultdict(list)
+        for oid, w in sol.wave_of.items():
+            run_orders[w].append(oid)
+        new_runs: dict[str, Run] = {}
+        joined_fixed: dict[str, list[str]] = defaultdict(list)
+        used_ids: set[str] = set()
+        for w, oids in sorted(run_orders.items()):
+            station, dep, wrid = sol.waves[w]
+            if wrid is not None:
+                joined_fixed[wrid].extend(sorted(oids))
+                continue
+            tr = k.travel[station]
+            reuse = reuse_by_dep.get((station, dep))
+            if reuse is None or reuse in used_ids:
+                reuse = self._new_id("r")
+            used_ids.add(reuse)
+            new_runs[reuse] = Run(reuse, kid, station, dep, dep + tr, dep + 2 * tr, sorted(oids))
+        arrive = {}
+        for oid, w in sol.wave_of.items():
+            station, dep, _ = sol.waves[w]
+            arrive[oid] = dep + k.travel[station]
+        # reservations: colour the slots again for the parcels that moved
+        reservations = self._colour(state, orders, arrive, movable)
+        if reservations is None:
+            return False
+
+        # candidate kitchen plan for the checker, before anything changes
+        cand = Plan()
+        for o in plan.orders.values():
+            if o.kitchen_id == kid:
+                cand.orders[o.id] = o
+        if extra is not None:
+            extra.cabinet_id = reservations[extra.id][0].cabinet_id
+            cand.orders[extra.id] = extra
+        for t in plan.tasks.values():
+            if t.kitchen_id == kid:
+                cand.tasks[t.id] = t
+        for t in new_tasks.values():
+            cand.tasks[t.id] = t
+        for r in plan.runs.values():
+            if r.kitchen_id != kid:
+                continue
+            keep = [o for o in r.orders if o not in movable]
+            if keep:  # runs made only of moved orders are replaced by new_runs
+                cand.runs[r.id] = Run(
+                    r.id,
+                    r.kitchen_id,
+                    r.station_id,
+                    r.depart,
+                    r.arrive,
+                    r.back,
+                    keep + joined_fixed.get(r.id, []),
+                    r.frozen,
+                )
+        for rid, r in new_runs.items():
+            cand.runs[rid] = r
+        cabs = {rv.cabinet_id for lst in reservations.values() for rv in lst}
+        cabs |= {c for o in cand.orders.values() for c in [o.cabinet_id] if c}
+        for rv in plan.reservations:
+            if rv.cabinet_id in cabs and rv.order_id not in reservations:
+                cand.reservations.append(rv)
+        for lst in reservations.values():
+            cand.reservations.extend(lst)
+        # old runs of moved orders that are now empty disappear; tasks left without units too
+        cand.tasks = {tid: t for tid, t in cand.tasks.items() if t.units}
+        violations = check(world, cand, st, partial=True)
+        if violations:
+            return False
+
+        # apply
+        for oid in ids:
+            state.remove(oid)
+        tasks_to_add = [t for t in new_tasks.values() if t.id not in plan.tasks]
+        for tid, t in new_tasks.items():
+            if tid in plan.tasks:  # a fixed task the new order joined
+                old = plan.tasks[tid]
+                for oid, u in t.units.items():
+                    if old.units.get(oid) != u:
+                        old.units[oid] = u
+                        state.tasks_of[oid].add(tid)
+        for t in tasks_to_add:
+            state._add_task(t)
+        for oid in orders:
+            state.plan.orders[oid] = orders[oid]
+        for rid, extra_orders in joined_fixed.items():
+            r = plan.runs[rid]
+            for oid in extra_orders:
+                r.orders.append(oid)
+                state.run_of[oid] = rid
+        for r in new_runs.values():
+            state._add_run(r)
+        for lst in reservations.values():
+            for rv in lst:
+                state._add_reservation(rv)
+        return True
+
+    def _colour(
+        self,
+        state: PlanState,
+        orders: dict[str, OrderReq],
+        arrive: dict[str, int],
+        movable: set[str],
+    ) -> dict[str, list[Reservation]] | None:
+        """Physical slots for the parcels of ``orders``: keep the old label where it is free."""
+        st = self.settings
+        plan = state.plan
+        out: dict[str, list[Reservation]] = defaultdict(list)
+        busy: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+        for rv in plan.reservations:
+            if rv.order_id not in movable and rv.order_id not in orders:
+                busy[(rv.cabinet_id, rv.slot)].append((rv.start, rv.end))
+        old_label: dict[tuple[str, str], tuple[str, str]] = {}
+        for oid in movable:
+            for rv in state.res_by_order.get(oid, []):
+                old_label[(oid, rv.zone)] = (rv.cabinet_id, rv.slot)
+        todo = []
+        for oid, o in orders.items():
+            k = self.world.kitchens[o.kitchen_id]
+            for zone, size in parcels_of(o, k).items():
+                prev = old_label.get((oid, zone))
+                cab = prev[0] if prev else self._cabinet_for(o, k)
+                todo.append((arrive[oid], o.eta + st.grace, oid, zone, size, cab, prev[1] if prev else None))
+        todo.sort(key=lambda x: (x[0], x[1], x[2], x[3]))
+        for s, e, oid, zone, size, cab, prev_label in todo:
+
+            def free(label: str, cab: str = cab, s: int = s, e: int = e) -> bool:
+                return all(b <= s or e <= a for a, b in busy[(cab, label)])
+
+            label = None
+            if prev_label is not None and free(prev_label):
+                label = prev_label
+            else:
+                fits = [
+                    x
+                    for x in self.world.slots.get(cab, [])
+                    if x.zone == zone and SIZE_RANK[x.size] >= SIZE_RANK[size] and free(x.label)
+                ]
+                if fits:
+                    label = min(fits, key=lambda x: (SIZE_RANK[x.size], x.label)).label
+            if label is None:
+                return None
+            busy[(cab, label)].append((s, e))
+            out[oid].append(Reservation(oid, cab, zone, size, label, s, e))
+        return out
