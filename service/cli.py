@@ -169,6 +169,44 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from .simulation import OrdersFileError, run_simulation
+
+    try:
+        rep = run_simulation(
+            args.network,
+            args.orders,
+            args.policy,
+            args.out,
+            seed=args.seed,
+            grace=settings.grace_minutes,
+            margin=settings.deposit_margin_minutes,
+        )
+    except OrdersFileError as exc:
+        raise CliError(str(exc)) from None
+    p = rep["planner"]
+    print(
+        f"{rep['policy']}: {rep['orders']} orders, {rep['confirmed']} confirmed "
+        f"(upper bound {p['served_upper_bound']}), {rep['served']} served, "
+        f"on time {rep['on_time_rate']}, mean hold {rep['mean_hold_minutes']} min, "
+        f"expired {rep['expired']}, overflow {rep['overflow']}, "
+        f"checker violations {p['check_violations']}, {rep['wall_seconds']} s -> {args.out}"
+    )
+    return 1 if p["check_violations"] else 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from .simulation import run_generate
+
+    for name in ("orders", "stations", "kitchens"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be at least 1")
+    if args.tightness <= 0:
+        raise CliError("--tightness must be above 0")
+    print(run_generate(args.out, args.orders, args.stations, args.kitchens, args.seed, args.tightness))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exitbox", description="Breakfast pickup at subway exits.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("network", help="check or load a network file")
     n.add_argument("action", choices=["check", "load"])
     n.add_argument("file")
+    sim = sub.add_parser("simulate", help="replay an orders file on a virtual clock")
+    sim.add_argument("--network", required=True, metavar="FILE")
+    sim.add_argument("--orders", required=True, metavar="FILE")
+    sim.add_argument("--policy", choices=["greedy", "optimized"], default="optimized")
+    sim.add_argument("--out", required=True, metavar="DIR")
+    sim.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("generate", help="write a synthetic city and a morning of orders")
+    g.add_argument("--out", required=True, metavar="DIR")
+    g.add_argument("--orders", type=int, default=1000)
+    g.add_argument("--stations", type=int, default=12)
+    g.add_argument("--kitchens", type=int, default=3)
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument(
+        "--tightness",
+        type=float,
+        default=1.5,
+        help="demand over kitchen capacity at the peak (above 1: tight)",
+    )
     t = sub.add_parser("token", help="print a bearer token (last line)")
     t.add_argument("--role", required=True, choices=ROLES)
     t.add_argument("--subject", required=True)
@@ -193,6 +249,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "migrate": cmd_migrate,
     "network": cmd_network,
     "token": cmd_token,
+    "simulate": cmd_simulate,
+    "generate": cmd_generate,
 }
 
 

@@ -252,14 +252,22 @@ def plot(world: World, result: SimResult, out: Path) -> None:
 
 
 def run_simulation(
-    network_path: str, orders_path: str, policy: str, out: str, seed: int = 0
+    network_path: str,
+    orders_path: str,
+    policy: str,
+    out: str,
+    seed: int = 0,
+    grace: int = 10,
+    margin: int = 3,
 ) -> dict[str, Any]:
+    from solver.model import Settings
+
     from .network_file import read_network
 
     spec = read_network(network_path)
     orders = read_orders(orders_path)
     world = World.from_spec(spec)
-    cfg = SimConfig(policy=policy, seed=seed)
+    cfg = SimConfig(policy=policy, seed=seed, settings=Settings(grace=grace, margin=margin))
     result = simulate(world, orders, cfg, Progress(f"simulate {policy}"))
     bound = served_upper_bound(world, orders, cfg.settings)
     rep = report(world, result, cfg, bound)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .model import (
@@ -472,46 +472,60 @@ def admit(
         by_arrive[r.arrive].append(r)
     before = range(min(target, eta), earliest_arrive - 1, -1)
     after = range(target + 1, eta + 1)
+
+    def candidates() -> Iterator[tuple[int, Run | None]]:
+        # run aware: a run already going there close to the target is joined first
+        near = [r for r in joinable if target - settings.join_window <= r.arrive <= eta]
+        near.sort(key=lambda r: (r.arrive > target, abs(r.arrive - target), r.id))
+        for r in near:
+            yield r.arrive, r
+        tried = {r.id for r in near}
+        for a in itertools.chain(before, after):
+            for r in sorted(by_arrive.get(a, []), key=lambda r: r.id):
+                if r.id not in tried:
+                    yield a, r
+            yield a, None
+
     stage = -1  # furthest stage reached: 0 cabinet ok, 1 courier ok
     kitchen_failed_new = False
-    for a in itertools.chain(before, after):
-        slot_pick = _pick_slots(state, cabinets, parcels, a, end)
+    slot_cache: dict[int, tuple[str, dict[str, SlotInfo]] | None] = {}
+    for a, run in candidates():
+        if a not in slot_cache:
+            slot_cache[a] = _pick_slots(state, cabinets, parcels, a, end)
+        slot_pick = slot_cache[a]
         if slot_pick is None:
             continue
         stage = max(stage, 0)
-        options: list[Run | None] = [*sorted(by_arrive.get(a, []), key=lambda r: r.id), None]
-        for run in options:
-            depart = a - travel
-            if run is None:
-                if kitchen_failed_new and a <= target:
-                    continue
-                back = a + travel
-                if _last_conflict(ks.couriers, None, depart, back, k.couriers) is not None:
-                    continue
-            stage = max(stage, 1)
-            att = _schedule_kitchen(ks, order, depart, fresh_lo, now, windows, new_id)
-            if att is None:
-                if run is None:
-                    kitchen_failed_new = True
+        depart = a - travel
+        if run is None:
+            if kitchen_failed_new and a <= target:
                 continue
-            cab, chosen = slot_pick
+            if _last_conflict(ks.couriers, None, depart, a + travel, k.couriers) is not None:
+                continue
+        stage = max(stage, 1)
+        att = _schedule_kitchen(ks, order, depart, fresh_lo, now, windows, new_id)
+        if att is None:
             if run is None:
-                run = Run(new_id("r"), k.id, order.station_id, depart, a, a + travel, [order.id])
-                is_new = True
-            else:
-                is_new = False
-            reservations = [
-                Reservation(order.id, cab, zone, parcels[zone], s.label, a, end) for zone, s in chosen.items()
-            ]
-            ends = _last_step_ends(att, k)
-            packs = [t.end for t in att.new if t.kind == "pack"]
-            ready = packs[0] if packs else max(max(v) for v in ends.values())
-            expiry: dict[str, int] = {}
-            for sku, lst in ends.items():
-                item = k.menu[sku]
-                expiry[item.zone] = min(expiry.get(item.zone, 10**12), min(lst) + item.max_hold)
-            order.cabinet_id = cab
-            return Insertion(order, att.new, dict(att.joined), run, is_new, reservations, ready, expiry)
+                kitchen_failed_new = True
+            continue
+        cab, chosen = slot_pick
+        if run is None:
+            run = Run(new_id("r"), k.id, order.station_id, depart, a, a + travel, [order.id])
+            is_new = True
+        else:
+            is_new = False
+        reservations = [
+            Reservation(order.id, cab, zone, parcels[zone], s.label, a, end) for zone, s in chosen.items()
+        ]
+        ends = _last_step_ends(att, k)
+        packs = [t.end for t in att.new if t.kind == "pack"]
+        ready = packs[0] if packs else max(max(v) for v in ends.values())
+        expiry: dict[str, int] = {}
+        for sku, lst in ends.items():
+            item = k.menu[sku]
+            expiry[item.zone] = min(expiry.get(item.zone, 10**12), min(lst) + item.max_hold)
+        order.cabinet_id = cab
+        return Insertion(order, att.new, dict(att.joined), run, is_new, reservations, ready, expiry)
     if stage < 0:
         return Rejection("no-cabinet-capacity", f"no free slot at {order.station_id} for that time")
     if stage == 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -159,24 +160,35 @@ def generate(
         st_orders[sid] += 1
     gen.sort(key=lambda o: (o.placed_at, o.order_id))
 
-    # capacity sized to the peak hour (about 35% of the morning) divided by tightness
+    # capacity sized to the peak hour (about 35% of the morning). Per-order work (packing) and
+    # one-at-a-time steps get room for the peak; batched equipment (steamers, ovens) is sized for
+    # half-full batches divided by ``tightness``: that is where planning pays.
     peak = 0.35
     kitchens_doc = []
     for kid, name, served, menu_idx in kdefs:
         n_k = k_orders[kid] or 1
-        items_per_order = 2.0 / max(1, len(menu_idx)) * 1.25
-        load: dict[str, float] = {"pack": n_k * peak / 60}
+        share = 2.0 / max(1, len(menu_idx))  # chance an order has a given item
+        easy: dict[str, float] = {"pack": n_k * peak / 60 * 1.5}
+        tight: dict[str, float] = {}
         for i in menu_idx:
             for res, minutes, batch in MENU_POOL[i][6]:
-                units_per_hour = n_k * peak * items_per_order
-                eff_batch = max(1.0, batch / 4)
-                load[res] = load.get(res, 0.0) + units_per_hour * minutes / 60 / eff_batch
-        resources = [{"id": r, "capacity": max(1, round(v / tightness))} for r, v in sorted(load.items())]
-        travel = {s: rng.randint(6, 18) for s in served}
-        # about one run every 20 minutes to each station served, at the peak
-        runs_per_hour = 3 * len(served)
+                units_per_hour = n_k * peak * share * 1.25
+                if batch >= 6:
+                    tight[res] = tight.get(res, 0.0) + units_per_hour * minutes / 60 / (batch * 0.5)
+                else:
+                    easy[res] = easy.get(res, 0.0) + units_per_hour * minutes / 60 / batch * 1.5
+        caps: dict[str, int] = {}
+        for res, val in easy.items():
+            caps[res] = caps.get(res, 0) + max(1, math.ceil(val))
+        for res, val in tight.items():
+            caps[res] = caps.get(res, 0) + max(1, round(val / tightness))
+        resources = [{"id": r, "capacity": c} for r, c in sorted(caps.items())]
+        travel = {s: rng.randint(2, 7) for s in served}
+        # couriers and cabinets are sized for the peak (a run every 8 minutes to each station);
+        # tightness squeezes the kitchens, where planning has the most room to do better
+        runs_per_hour = 7.5 * len(served)
         avg_travel = sum(travel.values()) / len(travel)
-        couriers = max(1, round(runs_per_hour * 2 * avg_travel / 60 / tightness))
+        couriers = max(1, round(runs_per_hour * 2 * avg_travel / 60))
         kitchens_doc.append(
             {
                 "id": kid,
@@ -202,10 +214,27 @@ def generate(
                 ],
             }
         )
+    # cabinets: enough slots for the busiest quarter hour of each station (parcels held from a
+    # few minutes before eta to eta plus the grace)
+    zone_of = {m[0]: m[3] for m in MENU_POOL}
+    etas: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for o in gen:
+        minute = int((o.eta - base).total_seconds() // 60)
+        for z in {zone_of[s] for s in o.items}:
+            etas[(o.station_id, z)].append(minute)
+
+    def busiest(sid: str, zone: str) -> int:
+        xs = sorted(etas[(sid, zone)])
+        best, j = 0, 0
+        for i, x in enumerate(xs):
+            while xs[j] < x - 14:
+                j += 1
+            best = max(best, i - j + 1)
+        return best
+
     stations_doc = []
     for sid, nm in zip(st_ids, names, strict=True):
-        per_slot_window = st_orders[sid] * peak / 4  # orders in a quarter hour at the peak
-        hot = max(2, round(per_slot_window * 1.2 / tightness))
+        hot, chilled, ambient = (max(1, busiest(sid, z)) for z in ("hot", "chilled", "ambient"))
         stations_doc.append(
             {
                 "id": sid,
@@ -215,10 +244,10 @@ def generate(
                         "id": f"{sid}-a",
                         "name": "Exit A",
                         "slots": [
-                            {"zone": "hot", "size": "M", "count": hot},
-                            {"zone": "hot", "size": "S", "count": max(1, hot // 3)},
-                            {"zone": "chilled", "size": "M", "count": max(1, round(hot * 0.6))},
-                            {"zone": "ambient", "size": "L", "count": max(1, hot // 4)},
+                            {"zone": "hot", "size": "M", "count": max(2, hot - hot // 4)},
+                            {"zone": "hot", "size": "S", "count": max(1, hot // 4)},
+                            {"zone": "chilled", "size": "M", "count": chilled},
+                            {"zone": "ambient", "size": "L", "count": ambient},
                         ],
                     }
                 ],

@@ -354,6 +354,7 @@ class Settings:
     grace: int = 10
     margin: int = 3
     search_minutes: int = 90
+    join_window: int = 8  # join a courier run arriving up to this long before the target
 
 
 @dataclass

@@ -32,6 +32,8 @@ from .model import SIZE_RANK, KitchenView, OrderReq, Plan, Reservation, Run, Set
 W_LATE = 1000
 W_RUN = 20
 W_HOLD = 1
+W_TASK = 5
+MAX_BATCH_CHOICES = 4  # other batches a bundle of units may move to
 WAVE_STEP = 3
 
 
@@ -48,11 +50,12 @@ class ReoptReport:
 
 @dataclass
 class _Solution:
-    starts: dict[str, int]  # task id -> start
+    starts: dict[str, int]  # movable task id -> new start (present ones)
+    dropped: set[str]  # movable tasks left without units
+    units: dict[str, dict[str, int]]  # batch tasks whose units may change -> final units
     wave_of: dict[str, int]  # order id -> wave index
     waves: list[tuple[str, int, str | None]]  # (station, depart, existing fixed run id)
-    new_tasks: list[Task]  # repair: tasks for the new order
-    joins: dict[str, int]  # repair: task id -> units of the new order
+    new_tasks: list[Task]  # repair: the new order's own tasks
     objective: int
     bound: float
     status: str
@@ -93,16 +96,8 @@ class Optimizer:
             if any(rv.start <= now or rv.frozen for rv in state.res_by_order[o.id]):
                 continue
             cand.append(o)
-        cand.sort(key=lambda o: (o.eta, o.id))
-        ok = {o.id for o in cand[:limit]}
-        changed = True
-        while changed:
-            changed = False
-            for oid in sorted(ok):
-                if any(u not in ok for t in state.tasks_of[oid] for u in plan.tasks[t].units):
-                    ok.discard(oid)
-                    changed = True
-        return sorted(ok, key=lambda x: (plan.orders[x].eta, x))
+        cand.sort(key=lambda o: (abs(o.eta - (lo + hi) // 2), o.id))
+        return sorted((o.id for o in cand[:limit]), key=lambda x: (plan.orders[x].eta, x))
 
     # ------------------------------------------------------------------ public
 
@@ -126,11 +121,14 @@ class Optimizer:
             ok, sol.status, len(ids), before, sol.objective, sol.bound, time.perf_counter() - t0
         )
 
-    def repair(self, state: PlanState, order: OrderReq, now: int, seconds: float, window: int = 90) -> bool:
-        """Make room for ``order`` by moving not-started work; True if it is now in the plan."""
+    def repair(
+        self, state: PlanState, order: OrderReq, now: int, seconds: float, window: int = 45, limit: int = 60
+    ) -> bool:
+        """Make room for ``order`` by moving not-started work; True if it is now in the plan.
+        Feasibility is all that is asked: the first solution found is taken."""
         kid = order.kitchen_id
-        ids = self.movable(state, kid, now, order.eta - window, order.eta + window, 250)
-        sol = self._solve(state, kid, now, ids, order, seconds)
+        ids = self.movable(state, kid, now, order.eta - window, order.eta + window, limit)
+        sol = self._solve(state, kid, now, ids, order, seconds, first_solution=True, wave_span=24)
         if sol is None:
             return False
         return self._commit(state, kid, now, ids, order, sol)
@@ -171,6 +169,8 @@ class Optimizer:
         ids: list[str],
         extra: OrderReq | None,
         seconds: float,
+        first_solution: bool = False,
+        wave_span: int = 60,
     ) -> _Solution | None:
         world, st = self.world, self.settings
         k = world.kitchens[kid]
@@ -182,139 +182,164 @@ class Optimizer:
         if extra is not None:
             orders.append(extra)
 
-        mtask_ids = sorted({t for oid in ids for t in state.tasks_of[oid]})
-        mtasks = [plan.tasks[t] for t in mtask_ids]
-        start: dict[str, Any] = {}
+        # ---- kitchen. A bundle is the units of one order in one task; it may move to another
+        # batch of the same sku and step (or, for the new order, to a new task). Tasks re-time;
+        # a movable task left without units disappears, which is how batches merge.
+        ks = state.kitchens[kid]
         intervals: dict[str, list[Any]] = defaultdict(list)
-        demands: dict[str, list[int]] = defaultdict(list)
-        for t in mtasks:
+        start: dict[str, Any] = {}  # task id -> start var (movable) or constant (fixed)
+        presence: dict[str, Any] = {}  # movable prep task -> literal
+        stay: dict[str, int] = {}  # candidate task -> units of orders that stay in it
+        pool: dict[tuple[str, int], list[Task]] = defaultdict(list)
+        for (sku, step), lst in ks.batches.items():
+            for t in lst:
+                if t.start <= now or t.frozen:
+                    continue
+                pool[(sku, step)].append(t)
+                stay[t.id] = sum(u for o, u in t.units.items() if o not in movable)
+        movable_pack: dict[str, Task] = {}
+        for oid in ids:
+            for tid in state.tasks_of[oid]:
+                t = plan.tasks[tid]
+                if t.kind == "pack":
+                    movable_pack[oid] = t
+
+        def movable_var(t: Task, optional: bool) -> Any:
             dur = t.end - t.start
             w0, w1 = _window(k, t.start)
             lo, hi = max(now + 1, w0), w1 - dur
             if lo > hi:
                 return None
-            s = m.new_int_var(lo - base, hi - base, f"s_{t.id}")
-            m.add_hint(s, min(max(t.start, lo), hi) - base)
-            start[t.id] = s
-            intervals[t.resource].append(m.new_fixed_size_interval_var(s, dur, f"i_{t.id}"))
-            demands[t.resource].append(1)
-        for t in plan.tasks.values():
-            if t.kitchen_id != kid or t.id in start or t.end <= now:
-                continue
-            s0 = max(t.start, now) - base
-            intervals[t.resource].append(m.new_fixed_size_interval_var(s0, t.end - max(t.start, now), ""))
-            demands[t.resource].append(1)
+            sv = m.new_int_var(lo - base, hi - base, f"s_{t.id}")
+            m.add_hint(sv, min(max(t.start, lo), hi) - base)
+            start[t.id] = sv
+            if optional:
+                lit = m.new_bool_var(f"p_{t.id}")
+                m.add_hint(lit, 1)
+                presence[t.id] = lit
+                intervals[t.resource].append(m.new_optional_fixed_size_interval_var(sv, dur, lit, ""))
+            else:
+                intervals[t.resource].append(m.new_fixed_size_interval_var(sv, dur, ""))
+            return sv
 
-        # the new order's structure (repair)
-        new_tasks: list[tuple[Task, Any, Any]] = []  # (task, presence literal, start var)
-        join_lits: list[tuple[str, int, Any]] = []  # (task id, units, literal)
-        extra_final: list[tuple[Any, int]] = []  # (start var, duration) of the new order's last steps
-        extra_last: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+        for lst in pool.values():
+            for t in lst:
+                if stay[t.id] == 0 and any(o in movable for o in t.units):
+                    if movable_var(t, optional=True) is None:
+                        return None
+                else:
+                    start[t.id] = t.start - base
+        for t in movable_pack.values():
+            if movable_var(t, optional=False) is None:
+                return None
+        for t in plan.tasks.values():
+            if t.kitchen_id != kid or (t.id in start and not isinstance(start[t.id], int)) or t.end <= now:
+                continue
+            s0 = max(t.start, now)
+            intervals[t.resource].append(m.new_fixed_size_interval_var(s0 - base, t.end - s0, ""))
+
+        # bundles: (order, sku, step, units, current task or None, candidates)
+        bundles: list[tuple[str, str, int, int, str | None]] = []
+        for oid in ids:
+            for tid in sorted(state.tasks_of[oid]):
+                t = plan.tasks[tid]
+                if t.kind == "prep" and t.sku is not None and t.step is not None:
+                    bundles.append((oid, t.sku, t.step, t.units[oid], tid))
+        new_tasks: list[tuple[Task, Any, Any]] = []  # the new order's own: (task, presence, start)
         if extra is not None:
-            horizon_hi = extra.eta - base
             for sku, qty in extra.items.items():
                 item = k.menu[sku]
                 bsize = min(b for _, _, b in item.steps)
-                bundles = [min(bsize, qty - i) for i in range(0, qty, bsize)]
-                for _bi, units in enumerate(bundles):
-                    prev: tuple[Any, int] | None = None
-                    for step, (res, dur, batch) in enumerate(item.steps, start=1):
-                        w0, w1 = _window(k, extra.eta - k.travel[extra.station_id])
-                        if max(now + 1, w0) > min(w1 - dur, extra.eta):
-                            return None
-                        v = m.new_int_var(max(now + 1, w0) - base, min(w1 - dur, extra.eta) - base, "")
-                        options = []
-                        for t in state.kitchens[kid].batches.get((sku, step), ()):
-                            spare = batch - t.total_units
-                            if spare < units or t.end <= now or t.start <= now or t.frozen:
-                                continue
-                            if abs(t.end - extra.eta) > 150:
-                                continue
-                            lit = m.new_bool_var("")
-                            if t.id in start:
-                                m.add(v == start[t.id]).only_enforce_if(lit)
-                            else:
-                                m.add(v == t.start - base).only_enforce_if(lit)
-                            join_lits.append((t.id, units, lit))
-                            options.append(lit)
-                        new_lit = m.new_bool_var("")
-                        options.append(new_lit)
-                        m.add_exactly_one(options)
-                        iv = m.new_optional_fixed_size_interval_var(v, dur, new_lit, "")
-                        intervals[res].append(iv)
-                        demands[res].append(1)
-                        task = Task(self._new_id("t"), kid, res, "prep", sku, step, 0, 0, {extra.id: units})
-                        new_tasks.append((task, new_lit, v))
-                        if prev is not None:
-                            m.add(v >= prev[0] + prev[1])
-                        prev = (v, dur)
-                    assert prev is not None
-                    m.add(prev[0] + prev[1] >= extra.eta + st.grace - item.max_hold - base)
-                    extra_final.append(prev)
-                    extra_last[sku].append(prev)
-            if k.pack is not None:
-                res, dur = k.pack
-                w0, w1 = _window(k, extra.eta - k.travel[extra.station_id])
-                if max(now + 1, w0) - base > min(w1 - dur - base, horizon_hi):
+                for i in range(0, qty, bsize):
+                    for step in range(1, len(item.steps) + 1):
+                        bundles.append((extra.id, sku, step, min(bsize, qty - i), None))
+        y: dict[tuple[int, str], Any] = {}
+        v: dict[int, Any] = {}
+        by_order: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+        for bi, (oid, sku, step, units, cur) in enumerate(bundles):
+            res, dur, batch = k.menu[sku].steps[step - 1]
+            anchor = plan.tasks[cur].start if cur else (extra.eta if extra else now)
+            opts = []
+            near = sorted(
+                (t for t in pool.get((sku, step), ()) if t.id == cur or units <= batch - stay[t.id]),
+                key=lambda t: (t.id != cur, abs(t.start - anchor)),
+            )
+            for t in near[: 1 + MAX_BATCH_CHOICES]:
+                if t.id != cur and abs(t.start - anchor) > 45:
+                    continue
+                lit = m.new_bool_var("")
+                y[(bi, t.id)] = lit
+                opts.append((lit, start[t.id]))
+                if t.id == cur:
+                    m.add_hint(lit, 1)
+            vb = m.new_int_var(-(10**6), 10**6, "")
+            if cur is None:
+                # the new order may also take a task of its own
+                w0, w1 = _window(k, extra.eta - k.travel[extra.station_id]) if extra else (now, now)
+                lo, hi = max(now + 1, w0), min(w1 - dur, extra.eta if extra else now)
+                if lo > hi:
                     return None
-                p = m.new_int_var(max(now + 1, w0) - base, min(w1 - dur - base, horizon_hi), "")
-                intervals[res].append(m.new_fixed_size_interval_var(p, dur, ""))
-                demands[res].append(1)
-                for v, d in extra_final:
-                    m.add(p >= v + d)
-                task = Task(self._new_id("t"), kid, res, "pack", None, None, 0, 0, {extra.id: 1})
-                new_tasks.append((task, None, p))
-            # batch capacity of joined tasks
-            by_task: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-            for tid, units, lit in join_lits:
-                by_task[tid].append((units, lit))
-            for tid, opts in by_task.items():
-                t = plan.tasks[tid]
-                batch = k.menu[t.sku or ""].steps[(t.step or 1) - 1][2]
-                m.add(sum(u * lit for u, lit in opts) <= batch - t.total_units)
+                own = m.new_int_var(lo - base, hi - base, "")
+                lit = m.new_bool_var("")
+                intervals[res].append(m.new_optional_fixed_size_interval_var(own, dur, lit, ""))
+                task = Task(self._new_id("t"), kid, res, "prep", sku, step, 0, 0, {oid: units})
+                new_tasks.append((task, lit, own))
+                opts.append((lit, own))
+            if not opts:
+                return None
+            m.add_exactly_one(lit for lit, _ in opts)
+            for lit, sv in opts:
+                m.add(vb == sv).only_enforce_if(lit)
+            v[bi] = vb
+            by_order[(oid, sku, step)].append(bi)
+        for tid, lit in presence.items():
+            users = [y[key] for key in y if key[1] == tid]
+            for u in users:
+                m.add_implication(u, lit)
+            m.add(sum(users) >= 1).only_enforce_if(lit)
+        for (sku, step), lst in pool.items():
+            batch = k.menu[sku].steps[step - 1][2]
+            for t in lst:
+                users = [(bundles[bi][3], y[(bi, tid)]) for (bi, tid) in y if tid == t.id]
+                if users:
+                    m.add(sum(u * lit for u, lit in users) <= batch - stay[t.id])
 
-        for res, ivs in intervals.items():
-            m.add_cumulative(ivs, demands[res], k.capacity[res])
-
-        # precedence, freshness and readiness of movable orders
+        # precedence, freshness and readiness
         ready: dict[str, Any] = {}
         for o in orders:
-            if o.id not in movable:
-                continue
-            by_step: dict[tuple[str, int], list[Task]] = defaultdict(list)
-            pack_task = None
-            for tid in state.tasks_of[o.id]:
-                t = plan.tasks[tid]
-                if t.kind == "pack":
-                    pack_task = t
-                else:
-                    by_step[(t.sku or "", t.step or 0)].append(t)
             finals = []
             for sku in o.items:
                 item = k.menu[sku]
                 n = len(item.steps)
                 for i in range(1, n):
-                    for a in by_step[(sku, i)]:
-                        for b in by_step[(sku, i + 1)]:
-                            m.add(start[b.id] >= start[a.id] + (a.end - a.start))
-                for a in by_step[(sku, n)]:
-                    m.add(start[a.id] + (a.end - a.start) >= o.eta + st.grace - item.max_hold - base)
-                    finals.append(a)
-            if pack_task is not None:
-                for a in finals:
-                    m.add(start[pack_task.id] >= start[a.id] + (a.end - a.start))
-                ready[o.id] = start[pack_task.id] + (pack_task.end - pack_task.start)
-            else:
-                rmax = m.new_int_var(-(10**6), 10**6, "")
-                m.add_max_equality(rmax, [start[a.id] + (a.end - a.start) for a in finals])
-                ready[o.id] = rmax
-        if extra is not None:
+                    for b1 in by_order[(o.id, sku, i)]:
+                        for b2 in by_order[(o.id, sku, i + 1)]:
+                            m.add(v[b2] >= v[b1] + item.steps[i - 1][1])
+                for b1 in by_order[(o.id, sku, n)]:
+                    m.add(v[b1] + item.steps[n - 1][1] >= o.eta + st.grace - item.max_hold - base)
+                    finals.append(v[b1] + item.steps[n - 1][1])
             if k.pack is not None:
-                ready[extra.id] = new_tasks[-1][2] + k.pack[1]
+                pres, pdur = k.pack
+                if o.id in movable_pack:
+                    pv = start[movable_pack[o.id].id]
+                else:
+                    w0, w1 = _window(k, o.eta - k.travel[o.station_id])
+                    lo, hi = max(now + 1, w0), min(w1 - pdur, o.eta)
+                    if lo > hi:
+                        return None
+                    pv = m.new_int_var(lo - base, hi - base, "")
+                    intervals[pres].append(m.new_fixed_size_interval_var(pv, pdur, ""))
+                    pack = Task(self._new_id("t"), kid, pres, "pack", None, None, 0, 0, {o.id: 1})
+                    new_tasks.append((pack, None, pv))
+                for f in finals:
+                    m.add(pv >= f)
+                ready[o.id] = pv + pdur
             else:
                 rmax = m.new_int_var(-(10**6), 10**6, "")
-                m.add_max_equality(rmax, [v + d for v, d in extra_final])
-                ready[extra.id] = rmax
+                m.add_max_equality(rmax, finals)
+                ready[o.id] = rmax
+        for res, ivs in intervals.items():
+            m.add_cumulative(ivs, [1] * len(ivs), k.capacity[res])
 
         # waves: fixed runs (carrying orders that stay) and candidate departures
         fixed_runs: dict[str, Run] = {}
@@ -323,11 +348,11 @@ class Optimizer:
         for r in plan.runs.values():
             if r.kitchen_id != kid or r.back <= now:
                 continue
-            stay = [o for o in r.orders if o not in movable]
-            if not stay:
+            staying = [o for o in r.orders if o not in movable]
+            if not staying:
                 continue
             fixed_runs[r.id] = r
-            fixed_load[r.id] = len(stay)
+            fixed_load[r.id] = len(staying)
             s0 = max(r.depart, now)
             courier_ivs.append(m.new_fixed_size_interval_var(s0 - base, r.back - s0, ""))
         waves: list[tuple[str, int, str | None]] = []
@@ -352,7 +377,7 @@ class Optimizer:
                     if fixed_load[rid] < k.run_capacity:
                         cand.add(wave(o.station_id, r.depart, rid))
             g = latest - latest % WAVE_STEP
-            while g >= earliest and latest - g <= 60:
+            while g >= earliest and latest - g <= wave_span:
                 cand.add(wave(o.station_id, g, None))
                 g -= WAVE_STEP
             for d in (o.eta - st.margin - tr, latest):
@@ -417,16 +442,18 @@ class Optimizer:
                 m.add(ln == end - dv)
                 iv = m.new_interval_var(dv, ln, end, "")
                 groups[(cabinet_of[o.id], zone)].append((iv, SIZE_RANK[size]))
-        for (cab, zone), lst in groups.items():
+        for (cab, zone), members_cz in groups.items():
             for rv in plan.reservations:
                 if rv.cabinet_id != cab or rv.zone != zone or rv.order_id in movable or rv.end <= now:
                     continue
                 s0 = max(rv.start, now)
-                lst.append((m.new_fixed_size_interval_var(s0 - base, rv.end - s0, ""), SIZE_RANK[rv.size]))
+                members_cz.append(
+                    (m.new_fixed_size_interval_var(s0 - base, rv.end - s0, ""), SIZE_RANK[rv.size])
+                )
             slots = [sl for sl in world.slots.get(cab, []) if sl.zone == zone]
             for level in range(3):
                 cap = sum(1 for sl in slots if SIZE_RANK[sl.size] >= level)
-                ivs = [iv for iv, rank in lst if rank >= level]
+                ivs = [iv for iv, rank in members_cz if rank >= level]
                 if not ivs:
                     continue
                 if cap == 0:
@@ -441,6 +468,8 @@ class Optimizer:
             terms.append(W_LATE * late)
             terms.append(W_HOLD * (o.eta - base - ready[o.id]))
         terms.extend(W_RUN * u for u in used.values())
+        terms.extend(W_TASK * lit for lit in presence.values())
+        terms.extend(W_TASK * lit for _, lit, _ in new_tasks if lit is not None)
         m.minimize(sum(terms))
         for oid in ids:
             cur = state.run_of[oid]
@@ -451,38 +480,55 @@ class Optimizer:
 
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = max(0.05, seconds)
-        solver.parameters.num_workers = self.workers
         solver.parameters.random_seed = self.seed
+        if first_solution:
+            # feasibility in a hurry: one worker without presolve finds it fastest here
+            solver.parameters.num_workers = 1
+            solver.parameters.cp_model_presolve = False
+            solver.parameters.stop_after_first_solution = True
+        else:
+            solver.parameters.num_workers = self.workers
         status = solver.solve(m)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
-        starts = {tid: solver.value(s) + base for tid, s in start.items()}
+        starts = {
+            tid: solver.value(sv) + base
+            for tid, sv in start.items()
+            if not isinstance(sv, int) and (tid not in presence or solver.boolean_value(presence[tid]))
+        }
+        dropped = {tid for tid, lit in presence.items() if not solver.boolean_value(lit)}
+        final_units: dict[str, dict[str, int]] = {}
+        for lst in pool.values():
+            for t in lst:
+                if any(o in movable for o in t.units) or any(key[1] == t.id for key in y):
+                    final_units[t.id] = {o: u for o, u in t.units.items() if o not in movable}
+        for (bi, tid), lit in y.items():
+            if solver.boolean_value(lit):
+                oid, _, _, n, _ = bundles[bi]
+                final_units[tid][oid] = final_units[tid].get(oid, 0) + n
         wave_of = {}
         for o in orders:
             for w in per_order_waves[o.id]:
                 if solver.boolean_value(x[(o.id, w)]):
                     wave_of[o.id] = w
         made: list[Task] = []
-        joins: dict[str, int] = {}
-        for task, lit, v in new_tasks:
+        for task, lit, sv in new_tasks:
             if lit is None or solver.boolean_value(lit):
-                sv = solver.value(v) + base
+                st0 = solver.value(sv) + base
                 dur = (
                     k.pack[1]
                     if task.kind == "pack" and k.pack
                     else k.menu[task.sku or ""].steps[(task.step or 1) - 1][1]
                 )
-                task.start, task.end = sv, sv + dur
+                task.start, task.end = st0, st0 + dur
                 made.append(task)
-        for tid, units, lit in join_lits:
-            if solver.boolean_value(lit):
-                joins[tid] = joins.get(tid, 0) + units
         return _Solution(
             starts,
+            dropped,
+            final_units,
             wave_of,
             waves,
             made,
-            joins,
             int(solver.objective_value),
             float(solver.best_objective_bound),
             solver.status_name(status),
@@ -514,19 +560,17 @@ class Optimizer:
         orders = {oid: plan.orders[oid] for oid in ids}
         if extra is not None:
             orders[extra.id] = extra
-        # tasks: movable ones re-timed (copies), joined ones get the new units
+        # tasks in their new form: re-timed and re-filled copies; dropped ones disappear
         new_tasks: dict[str, Task] = {}
-        for tid, s in sol.starts.items():
+        for tid in set(sol.starts) | set(sol.units):
+            if tid in sol.dropped:
+                continue
             t = plan.tasks[tid]
+            s0 = sol.starts.get(tid, t.start)
+            units = sol.units.get(tid, t.units)
             new_tasks[tid] = Task(
-                t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, s, s + (t.end - t.start), dict(t.units)
+                t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, s0, s0 + (t.end - t.start), dict(units)
             )
-        for tid, units in sol.joins.items():
-            assert extra is not None
-            t = new_tasks.get(tid) or plan.tasks[tid]
-            nt = Task(t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, t.start, t.end, dict(t.units))
-            nt.units[extra.id] = nt.units.get(extra.id, 0) + units
-            new_tasks[tid] = nt
         for t in sol.new_tasks:
             new_tasks[t.id] = t
         # runs: waves of fixed runs keep their id; new waves reuse ids of the runs they replace
@@ -572,7 +616,7 @@ class Optimizer:
             extra.cabinet_id = reservations[extra.id][0].cabinet_id
             cand.orders[extra.id] = extra
         for t in plan.tasks.values():
-            if t.kitchen_id == kid:
+            if t.kitchen_id == kid and t.id not in sol.dropped:
                 cand.tasks[t.id] = t
         for t in new_tasks.values():
             cand.tasks[t.id] = t
@@ -609,16 +653,14 @@ class Optimizer:
         # apply
         for oid in ids:
             state.remove(oid)
-        tasks_to_add = [t for t in new_tasks.values() if t.id not in plan.tasks]
         for tid, t in new_tasks.items():
-            if tid in plan.tasks:  # a fixed task the new order joined
-                old = plan.tasks[tid]
-                for oid, u in t.units.items():
-                    if old.units.get(oid) != u:
-                        old.units[oid] = u
-                        state.tasks_of[oid].add(tid)
-        for t in tasks_to_add:
-            state._add_task(t)
+            old = plan.tasks.get(tid)
+            if old is None:
+                state._add_task(t)
+                continue
+            old.units = dict(t.units)  # a task that stayed (shared with orders that stay)
+            for oid in t.units:
+                state.tasks_of[oid].add(tid)
         for oid in orders:
             state.plan.orders[oid] = orders[oid]
         for rid, extra_orders in joined_fixed.items():
