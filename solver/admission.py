@@ -18,6 +18,7 @@ for a departure, earlier new-run candidates are not tried.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -101,6 +102,34 @@ def latest_fit(
     return None
 
 
+class SlotBook:
+    """The parcels one slot holds, as sorted half-open intervals that do not overlap."""
+
+    __slots__ = ("iv",)
+
+    def __init__(self) -> None:
+        self.iv: list[tuple[int, int, str]] = []
+
+    def add(self, s: int, e: int, oid: str) -> None:
+        bisect.insort(self.iv, (s, e, oid))
+
+    def remove(self, s: int, e: int, oid: str) -> None:
+        self.iv.remove((s, e, oid))
+
+    def free(self, s: int, e: int) -> bool:
+        i = bisect.bisect_left(self.iv, (e,))  # intervals starting before e are iv[:i]
+        return i == 0 or self.iv[i - 1][1] <= s
+
+    def last_end_by(self, s: int) -> int:
+        """End of the last interval that ends at or before s (for a snug fit)."""
+        i = bisect.bisect_right(self.iv, (s, 10**12))
+        while i > 0:
+            if self.iv[i - 1][1] <= s:
+                return self.iv[i - 1][1]
+            i -= 1
+        return -(10**9)
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -146,7 +175,7 @@ class PlanState:
         self.world = world
         self.plan = Plan()
         self.kitchens = {kid: KitchenState(k) for kid, k in world.kitchens.items()}
-        self.slot_busy: dict[tuple[str, str], list[tuple[int, int, str]]] = defaultdict(list)
+        self.slot_busy: dict[tuple[str, str], SlotBook] = defaultdict(SlotBook)
         self.res_by_order: dict[str, list[Reservation]] = defaultdict(list)
         self.run_of: dict[str, str] = {}
         self.tasks_of: dict[str, set[str]] = defaultdict(set)
@@ -196,12 +225,12 @@ class PlanState:
 
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
-        self.slot_busy[(rv.cabinet_id, rv.slot)].append((rv.start, rv.end, rv.order_id))
+        self.slot_busy[(rv.cabinet_id, rv.slot)].add(rv.start, rv.end, rv.order_id)
         self.res_by_order[rv.order_id].append(rv)
 
     def _drop_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.remove(rv)
-        self.slot_busy[(rv.cabinet_id, rv.slot)].remove((rv.start, rv.end, rv.order_id))
+        self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
 
     # -- changes
     def apply(self, ins: Insertion) -> None:
@@ -242,7 +271,8 @@ class PlanState:
         self.plan.orders.pop(order_id, None)
 
     def slot_free(self, cabinet: str, label: str, s: int, e: int) -> bool:
-        return all(e0 <= s or e <= s0 for s0, e0, _ in self.slot_busy.get((cabinet, label), ()))
+        book = self.slot_busy.get((cabinet, label))
+        return book is None or book.free(s, e)
 
 
 # --------------------------------------------------------------------------- admission
@@ -382,10 +412,10 @@ def _pick_slots(
             for s in state.world.slots.get(cab, ()):
                 if s.zone != zone or SIZE_RANK[s.size] < SIZE_RANK[size]:
                     continue
-                busy = state.slot_busy.get((cab, s.label), ())
-                if any(not (e0 <= start or end <= s0) for s0, e0, _ in busy):
+                book = state.slot_busy.get((cab, s.label))
+                if book is not None and not book.free(start, end):
                     continue
-                before = max((e0 for _, e0, _ in busy if e0 <= start), default=-(10**9))
+                before = book.last_end_by(start) if book is not None else -(10**9)
                 key = (SIZE_RANK[s.size], -before, s.label)
                 if best_key is None or key < best_key:
                     best, best_key = s, key

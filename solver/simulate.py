@@ -19,7 +19,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
-from .model import SIZE_RANK, OrderReq, Plan, Settings, World, parcels_of
+from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World, parcels_of
 
 
 @dataclass
@@ -64,10 +64,11 @@ class SlotUse:
 class SimConfig:
     policy: str = "optimized"
     settings: Settings = field(default_factory=Settings)
-    reopt_every: int = 15  # virtual minutes between background re-optimizations
-    reopt_seconds: float = 1.0
-    repair_seconds: float = 0.2
-    repair_budget_seconds: float = 30.0  # total wall time the repairs of one run may take
+    reopt_every: int = 20  # virtual minutes between background re-optimizations of a kitchen
+    reopt_seconds: float = 0.3  # CP-SAT time limit of one re-optimization
+    repair_seconds: float = 0.3  # CP-SAT time limit of one repair (it stops at the first fit)
+    repair_budget_per_order: float = 0.004  # total repair wall time: this much per order in the file
+    repair_budget_seconds: float | None = None  # or this much in all
     seed: int = 0
 
 
@@ -102,6 +103,10 @@ def simulate(
     stats: dict[str, Any] = defaultdict(float)
     queue = sorted(orders, key=lambda o: o.placed_at)
     next_reopt = queue[0].placed_at if queue else 0
+    budget = cfg.repair_budget_seconds
+    if budget is None:
+        budget = cfg.repair_budget_per_order * len(orders)
+    changed: set[str] = set()  # kitchens with new orders since their last re-optimization
     optimizer = None
     if cfg.policy == "optimized":
         from .optimize import Optimizer
@@ -111,11 +116,12 @@ def simulate(
     for i, so in enumerate(queue):
         now = so.placed_at
         if optimizer is not None and now >= next_reopt:
-            for kid in world.kitchens:
+            for kid in sorted(changed):
                 rep = optimizer.reoptimize(state, kid, now, cfg.reopt_seconds)
                 stats["reopt_runs"] += 1
                 stats["reopt_improved"] += int(rep.improved)
                 stats["reopt_seconds"] += rep.seconds
+            changed.clear()
             next_reopt = now + cfg.reopt_every
         if so.invalid:
             outcomes[so.id] = Outcome(so, "rejected", "invalid")
@@ -131,18 +137,16 @@ def simulate(
         res: Insertion | Rejection = admit(world, state, order, now, settings, new_id)
         if isinstance(res, Insertion):
             state.apply(res)
+            changed.add(order.kitchen_id)
             outcomes[so.id] = Outcome(so, "confirmed", cabinet_id=order.cabinet_id or "")
-        elif (
-            optimizer is not None
-            and res.reason.startswith("no-")
-            and repair_spent < cfg.repair_budget_seconds
-        ):
+        elif optimizer is not None and res.reason.startswith("no-") and repair_spent < budget:
             stats["repairs_tried"] += 1
             r0 = time.perf_counter()
             won = optimizer.repair(state, order, now, cfg.repair_seconds)
             repair_spent += time.perf_counter() - r0
             if won:
                 stats["repairs_won"] += 1
+                changed.add(order.kitchen_id)
                 outcomes[so.id] = Outcome(so, "confirmed", cabinet_id=order.cabinet_id or "")
             else:
                 outcomes[so.id] = Outcome(so, "rejected", res.reason)
@@ -158,15 +162,21 @@ def simulate(
     return SimResult(plan, [outcomes[o.id] for o in orders], slots, violations, dict(stats))
 
 
-def order_ready(plan: Plan, world: World, oid: str) -> tuple[int, dict[str, int]]:
-    """(ready minute, zone -> expiry minute) of a planned order."""
+def tasks_by_order(plan: Plan) -> dict[str, list[Task]]:
+    out: dict[str, list[Task]] = defaultdict(list)
+    for t in plan.tasks.values():
+        for oid in t.units:
+            out[oid].append(t)
+    return out
+
+
+def order_ready(plan: Plan, world: World, oid: str, tasks: list[Task]) -> tuple[int, dict[str, int]]:
+    """(ready minute, zone -> expiry minute) of a planned order, from its tasks."""
     o = plan.orders[oid]
     k = world.kitchens[o.kitchen_id]
     last_ends: dict[str, list[int]] = defaultdict(list)
     pack_end = None
-    for t in plan.tasks.values():
-        if oid not in t.units:
-            continue
+    for t in tasks:
         if t.kind == "pack":
             pack_end = t.end
         elif t.sku is not None and t.step == len(k.menu[t.sku].steps):
@@ -187,10 +197,11 @@ def _execute(world: World, plan: Plan, outcomes: dict[str, Outcome], settings: S
         res_of[rv.order_id].append(rv)
     # the parcels, in deposit order
     parcels = []
+    by_order = tasks_by_order(plan)
     for oid, out in outcomes.items():
         if out.status != "confirmed":
             continue
-        ready, expiry = order_ready(plan, world, oid)
+        ready, expiry = order_ready(plan, world, oid, by_order[oid])
         deposit = run_of[oid].arrive
         so = out.order
         out.ready_at, out.deposited_at = ready, deposit
