@@ -54,11 +54,34 @@ class _Solution:
     dropped: set[str]  # movable tasks left without units
     units: dict[str, dict[str, int]]  # batch tasks whose units may change -> final units
     wave_of: dict[str, int]  # order id -> wave index
-    waves: list[tuple[str, int, str | None]]  # (station, depart, existing fixed run id)
+    waves: list[tuple[str, int, str | None]]  # (station, depart, fixed run id | "~" own run | None)
     new_tasks: list[Task]  # repair: the new order's own tasks
     objective: int
     bound: float
     status: str
+
+
+def _unit_flows(
+    bundles: list[tuple[str, str, int, int, str | None]], plan: Plan, now: list[int], nxt: list[int]
+) -> list[tuple[int, int]]:
+    """Which bundle of step i feeds which bundle of step i+1, as the current plan has it: the
+    units done first go on first. Each pair must stay in order wherever the bundles move."""
+    a = sorted(now, key=lambda b: plan.tasks[bundles[b][4] or ""].end)
+    c = sorted(nxt, key=lambda b: plan.tasks[bundles[b][4] or ""].start)
+    left_a = [bundles[b][3] for b in a]
+    left_c = [bundles[b][3] for b in c]
+    pairs = []
+    i = j = 0
+    while i < len(a) and j < len(c):
+        pairs.append((a[i], c[j]))
+        n = min(left_a[i], left_c[j])
+        left_a[i] -= n
+        left_c[j] -= n
+        if left_a[i] == 0:
+            i += 1
+        if left_c[j] == 0:
+            j += 1
+    return pairs
 
 
 def _window(k: KitchenView, minute: int) -> tuple[int, int]:
@@ -108,7 +131,7 @@ class Optimizer:
         ids = self.movable(state, kid, now, now, now + horizon, limit)
         if len(ids) < 2:
             return ReoptReport(False, "nothing to move", len(ids), None, None, None, time.perf_counter() - t0)
-        before = self._objective_of_current(state, ids)
+        before = self.objective_of(state, ids, now)
         sol = self._solve(state, kid, now, ids, None, seconds)
         if sol is None:
             return ReoptReport(False, "no solution", len(ids), before, None, None, time.perf_counter() - t0)
@@ -135,7 +158,8 @@ class Optimizer:
 
     # ------------------------------------------------------------------ objective of the plan as is
 
-    def _objective_of_current(self, state: PlanState, ids: list[str]) -> int:
+    def objective_of(self, state: PlanState, ids: list[str], now: int) -> int:
+        """The objective the model minimizes, evaluated on the plan as it stands."""
         plan = state.plan
         k_runs = set()
         total = 0
@@ -150,6 +174,11 @@ class Optimizer:
         for rid in k_runs:
             if all(x in movable for x in plan.runs[rid].orders):
                 total += W_RUN
+        tasks = {t for oid in ids for t in state.tasks_of[oid]}
+        for tid in tasks:
+            t = plan.tasks[tid]
+            if t.kind == "prep" and t.start > now and all(o in movable for o in t.units):
+                total += W_TASK
         return total
 
     def _is_final(self, plan: Plan, tid: str) -> bool:
@@ -172,6 +201,7 @@ class Optimizer:
         first_solution: bool = False,
         wave_span: int = 60,
     ) -> _Solution | None:
+        t_start = time.perf_counter()
         world, st = self.world, self.settings
         k = world.kitchens[kid]
         plan = state.plan
@@ -246,12 +276,15 @@ class Optimizer:
                 if t.kind == "prep" and t.sku is not None and t.step is not None:
                     bundles.append((oid, t.sku, t.step, t.units[oid], tid))
         new_tasks: list[tuple[Task, Any, Any]] = []  # the new order's own: (task, presence, start)
+        flows: list[tuple[int, int]] = []  # (bundle, bundle of the next step its units go on to)
         if extra is not None:
             for sku, qty in extra.items.items():
                 item = k.menu[sku]
                 bsize = min(b for _, _, b in item.steps)
                 for i in range(0, qty, bsize):
                     for step in range(1, len(item.steps) + 1):
+                        if step > 1:  # the same units go on to the next step
+                            flows.append((len(bundles) - 1, len(bundles)))
                         bundles.append((extra.id, sku, step, min(bsize, qty - i), None))
         y: dict[tuple[int, str], Any] = {}
         v: dict[int, Any] = {}
@@ -270,9 +303,10 @@ class Optimizer:
                 lit = m.new_bool_var("")
                 y[(bi, t.id)] = lit
                 opts.append((lit, start[t.id]))
-                if t.id == cur:
-                    m.add_hint(lit, 1)
+                m.add_hint(lit, t.id == cur)
             vb = m.new_int_var(-(10**6), 10**6, "")
+            if cur is not None:
+                m.add_hint(vb, plan.tasks[cur].start - base)
             if cur is None:
                 # the new order may also take a task of its own
                 w0, w1 = _window(k, extra.eta - k.travel[extra.station_id]) if extra else (now, now)
@@ -311,10 +345,11 @@ class Optimizer:
             for sku in o.items:
                 item = k.menu[sku]
                 n = len(item.steps)
-                for i in range(1, n):
-                    for b1 in by_order[(o.id, sku, i)]:
-                        for b2 in by_order[(o.id, sku, i + 1)]:
-                            m.add(v[b2] >= v[b1] + item.steps[i - 1][1])
+                if o.id in movable:
+                    for i in range(1, n):
+                        flows.extend(
+                            _unit_flows(bundles, plan, by_order[(o.id, sku, i)], by_order[(o.id, sku, i + 1)])
+                        )
                 for b1 in by_order[(o.id, sku, n)]:
                     m.add(v[b1] + item.steps[n - 1][1] >= o.eta + st.grace - item.max_hold - base)
                     finals.append(v[b1] + item.steps[n - 1][1])
@@ -338,6 +373,9 @@ class Optimizer:
                 rmax = m.new_int_var(-(10**6), 10**6, "")
                 m.add_max_equality(rmax, finals)
                 ready[o.id] = rmax
+        for b1, b2 in flows:
+            _, sku, step, _, _ = bundles[b1]
+            m.add(v[b2] >= v[b1] + k.menu[sku].steps[step - 1][1])
         for res, ivs in intervals.items():
             m.add_cumulative(ivs, [1] * len(ivs), k.capacity[res])
 
@@ -389,13 +427,23 @@ class Optimizer:
                 if cur in fixed_runs:
                     cand.add(wave(o.station_id, r.depart, cur))
                 elif r.depart >= earliest:
-                    cand.add(wave(o.station_id, r.depart, None))
+                    # its own run, as a wave of its own: runs leaving at the same minute stay apart
+                    cand.add(wave(o.station_id, r.depart, "~" + cur))
             if not cand:
                 return None
             per_order_waves[o.id] = sorted(cand)
             for w in cand:
                 x[(o.id, w)] = m.new_bool_var("")
             m.add_exactly_one(x[(o.id, w)] for w in cand)
+        hinted: set[int] = set()  # waves the current plan uses
+        for oid in ids:
+            cur = state.run_of[oid]
+            r = plan.runs[cur]
+            key = (plan.orders[oid].station_id, r.depart, cur if cur in fixed_runs else "~" + cur)
+            if key in wave_index:
+                hinted.add(wave_index[key])
+            for w in per_order_waves[oid]:
+                m.add_hint(x[(oid, w)], waves[w] == key)
         used: dict[int, Any] = {}
         members: dict[int, list[Any]] = defaultdict(list)
         for (oid, w), lit in x.items():
@@ -403,10 +451,11 @@ class Optimizer:
             m.add(ready[oid] <= waves[w][1] - base).only_enforce_if(lit)
         for w, lits in members.items():
             station, dep, wrid = waves[w]
-            if wrid is not None:
+            if wrid is not None and not wrid.startswith("~"):
                 m.add(sum(lits) <= k.run_capacity - fixed_load[wrid])
                 continue
             u = m.new_bool_var(f"used_{w}")
+            m.add_hint(u, w in hinted)
             used[w] = u
             for lit in lits:
                 m.add_implication(lit, u)
@@ -426,6 +475,8 @@ class Optimizer:
             hi = max(waves[w][1] for w in ows) + tr - base
             dv = m.new_int_var(lo, hi, f"dep_{o.id}")
             m.add(dv == sum((waves[w][1] + tr - base) * x[(o.id, w)] for w in ows))
+            if o.id in movable:
+                m.add_hint(dv, plan.runs[state.run_of[o.id]].arrive - base)
             deposit[o.id] = dv
         cabinet_of: dict[str, str] = {}
         for o in orders:
@@ -440,6 +491,8 @@ class Optimizer:
                 dv = deposit[o.id]
                 ln = m.new_int_var(0, 10**6, "")
                 m.add(ln == end - dv)
+                if o.id in movable:
+                    m.add_hint(ln, end - (plan.runs[state.run_of[o.id]].arrive - base))
                 iv = m.new_interval_var(dv, ln, end, "")
                 groups[(cabinet_of[o.id], zone)].append((iv, SIZE_RANK[size]))
         for (cab, zone), members_cz in groups.items():
@@ -464,6 +517,8 @@ class Optimizer:
         terms = []
         for o in orders:
             late = m.new_int_var(0, 10**5, "")
+            if o.id in movable:
+                m.add_hint(late, max(0, plan.runs[state.run_of[o.id]].arrive - (o.eta - st.margin)))
             m.add(late >= deposit[o.id] - (o.eta - st.margin - base))
             terms.append(W_LATE * late)
             terms.append(W_HOLD * (o.eta - base - ready[o.id]))
@@ -471,15 +526,10 @@ class Optimizer:
         terms.extend(W_TASK * lit for lit in presence.values())
         terms.extend(W_TASK * lit for _, lit, _ in new_tasks if lit is not None)
         m.minimize(sum(terms))
-        for oid in ids:
-            cur = state.run_of[oid]
-            r = plan.runs[cur]
-            key = (plan.orders[oid].station_id, r.depart, cur if cur in fixed_runs else None)
-            for w in per_order_waves[oid]:
-                m.add_hint(x[(oid, w)], waves[w] == key)
 
         solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(0.05, seconds)
+        # the time limit is for the whole call: what building the model took is taken off
+        solver.parameters.max_time_in_seconds = max(0.05, seconds - (time.perf_counter() - t_start))
         solver.parameters.random_seed = self.seed
         if first_solution:
             # feasibility in a hurry: one worker without presolve finds it fastest here
@@ -488,6 +538,8 @@ class Optimizer:
             solver.parameters.stop_after_first_solution = True
         else:
             solver.parameters.num_workers = self.workers
+            # presolve of a large partition can eat the whole time limit
+            solver.parameters.cp_model_presolve = len(ids) <= 150
         status = solver.solve(m)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
@@ -589,11 +641,11 @@ class Optimizer:
         used_ids: set[str] = set()
         for w, oids in sorted(run_orders.items()):
             station, dep, wrid = sol.waves[w]
-            if wrid is not None:
+            if wrid is not None and not wrid.startswith("~"):
                 joined_fixed[wrid].extend(sorted(oids))
                 continue
             tr = k.travel[station]
-            reuse = reuse_by_dep.get((station, dep))
+            reuse = wrid[1:] if wrid is not None else reuse_by_dep.get((station, dep))
             if reuse is None or reuse in used_ids:
                 reuse = self._new_id("r")
             used_ids.add(reuse)

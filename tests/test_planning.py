@@ -78,7 +78,7 @@ def test_reoptimize_never_commits_a_worse_or_broken_plan() -> None:
     now = ordered[len(ordered) // 2].placed_at
     kid = next(iter(w.kitchens))
     ids = opt.movable(state, kid, now, now, now + 150, 300)
-    before = opt._objective_of_current(state, ids) if len(ids) >= 2 else None
+    before = opt.objective_of(state, ids, now) if len(ids) >= 2 else None
     confirmed = set(state.plan.orders)
     rep = opt.reoptimize(state, kid, now, 2.0)
     assert set(state.plan.orders) == confirmed
@@ -86,7 +86,7 @@ def test_reoptimize_never_commits_a_worse_or_broken_plan() -> None:
     if rep.improved:
         assert before is not None and rep.objective_after is not None
         assert rep.objective_after < before
-        assert opt._objective_of_current(state, ids) <= before
+        assert opt.objective_of(state, ids, now) <= before
 
 
 def test_simulation_of_the_tiny_morning_passes_the_checker_for_both_policies() -> None:
