@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from solver.admission import Insertion, PlanState, admit, id_factory  # noqa: E402
-from solver.bounds import served_upper_bound  # noqa: E402
-from solver.generate import generate  # noqa: E402
-from solver.model import NetworkSpec, OrderReq, Settings, World, to_minute  # noqa: E402
-from solver.optimize import Optimizer  # noqa: E402
-from solver.simulate import SimConfig, SimOrder, report, simulate  # noqa: E402
+from solver.admission import Insertion, PlanState, admit, id_factory
+from solver.bounds import served_upper_bound
+from solver.generate import generate
+from solver.model import NetworkSpec, OrderReq, Settings, World, to_minute
+from solver.optimize import Optimizer
+from solver.simulate import SimConfig, SimOrder, report, simulate
 
 
 def morning(orders: int, seed: int, tightness: float) -> tuple[World, list[SimOrder]]:
