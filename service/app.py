@@ -23,6 +23,7 @@ from solver.model import NetworkSpec
 from .api import load_all
 from .api.keys import CTX
 from .clock import Clock, SystemClock
+from .events import HUB, Hub
 from .http import SECRET_KEY, Api, openapi, problem_middleware
 from .ordering import Ctx
 from .settings import Settings
@@ -132,7 +133,15 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def events(app: web.Application) -> AsyncIterator[None]:
+        hub = Hub(database_url)
+        app[HUB] = hub
+        await hub.start()
+        yield
+        await hub.stop()
+
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(events)
     app.cleanup_ctx.append(sweeper)
     if extra_startup is not None:
         app.cleanup_ctx.append(extra_startup)
@@ -168,6 +177,9 @@ def _ops_routes(app: web.Application, api: Api) -> None:
         slug = request.match_info["slug"]
         return web.Response(text=json.dumps({"type": f"/problems/{slug}"}), content_type="application/json")
 
+    from .web import pages
+
+    pages.register(app)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
     app.router.add_get("/problems/{slug}", problem_doc)

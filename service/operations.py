@@ -18,6 +18,7 @@ from .ordering import LIVE, Ctx, _bump, emit, lock
 from .schemas import (
     Affected,
     CabinetOccupancy,
+    CabinetSlots,
     DepositOut,
     KitchenPlan,
     Occupancy,
@@ -26,6 +27,8 @@ from .schemas import (
     ResourcePlan,
     RunOut,
     SlotOut,
+    SlotState,
+    StationSlots,
     TaskOrder,
     TaskOut,
     ZoneOccupancy,
@@ -223,7 +226,8 @@ async def _free_slot(
               and not exists (select 1 from parcels p where p.slot_id = s.id and p.id <> $4
                                 and p.state in ('reserved', 'deposited') and p.during && $3)
               and not exists (select 1 from parcels p where p.slot_id = s.id and p.id <> $4
-                                and p.state = 'deposited')""",
+                                and (p.state = 'deposited'
+                                     or (p.state = 'expired' and p.removed_at is null)))""",
         cabinet_id,
         zone,
         during,
@@ -524,3 +528,99 @@ async def sweep_expired(ctx: Ctx) -> int:
             await emit(conn, r["id"], "expired", {"refund_cents": r["total_cents"]}, now)
             n += 1
     return n
+
+
+# --------------------------------------------------------------------------- live surfaces
+
+
+async def station_slots(ctx: Ctx, principal: Principal, station_id: str) -> StationSlots:
+    _scoped(principal, "operator", station_id, f"station {station_id}")
+    now = ctx.clock.now()
+    async with ctx.pool.acquire() as conn:
+        st = await conn.fetchrow("select id, name from stations where id = $1", station_id)
+        if st is None:
+            raise not_found(f"station {station_id}")
+        cabs = await conn.fetch("select id, name from cabinets where station_id = $1 order by id", station_id)
+        rows = await conn.fetch(
+            """select s.cabinet_id, s.label, s.zone, s.size, s.enabled,
+                      p.order_id, p.state, lower(p.during) as f, upper(p.during) as t, p.removed_at
+                 from slots s
+                 left join lateral (
+                     select * from parcels p
+                      where p.slot_id = s.id
+                        and (p.state = 'deposited'
+                             or (p.state = 'expired' and p.removed_at is null and p.deposited_at is not null)
+                             or (p.state = 'reserved' and upper(p.during) > $2))
+                      order by (p.state = 'reserved'), lower(p.during) limit 1) p on true
+                where s.cabinet_id = any($1::text[]) and not s.retired
+                order by s.cabinet_id, s.zone, s.label""",
+            [c["id"] for c in cabs],
+            now,
+        )
+    by_cab: dict[str, list[SlotState]] = defaultdict(list)
+    for r in rows:
+        state = "free"
+        if r["state"] == "deposited":
+            state = "occupied"
+        elif r["state"] == "expired":
+            state = "expired"
+        elif r["state"] == "reserved" and r["f"] is not None and r["f"] <= now + timedelta(hours=1):
+            state = "reserved"
+        by_cab[r["cabinet_id"]].append(
+            SlotState(
+                label=r["label"],
+                zone=r["zone"],
+                size=r["size"],
+                enabled=r["enabled"],
+                state=state,
+                order_id=r["order_id"] if state != "free" else None,
+                since=r["f"] if state != "free" else None,
+                until=r["t"] if state != "free" else None,
+            )
+        )
+    return StationSlots(
+        station_id=station_id,
+        name=st["name"],
+        now=now,
+        cabinets=[CabinetSlots(cabinet_id=c["id"], name=c["name"], slots=by_cab[c["id"]]) for c in cabs],
+    )
+
+
+async def clear_slot(ctx: Ctx, principal: Principal, cabinet_id: str, label: str) -> SlotOut:
+    now = ctx.clock.now()
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        station = await conn.fetchval("select station_id from cabinets where id = $1", cabinet_id)
+        if station is None or not principal.can("operator", station):
+            raise not_found(f"cabinet {cabinet_id}")
+        slot = await conn.fetchrow(
+            "select * from slots where cabinet_id = $1 and label = $2 and not retired", cabinet_id, label
+        )
+        if slot is None:
+            raise not_found(f"slot {cabinet_id}/{label}")
+        cleared = await conn.fetch(
+            """update parcels set removed_at = $2 where slot_id = $1 and state = 'expired'
+                  and removed_at is null returning order_id""",
+            slot["id"],
+            now,
+        )
+        for r in cleared:
+            await emit(conn, r["order_id"], "removed", {"slot": label}, now)
+    return SlotOut(
+        cabinet_id=cabinet_id,
+        label=label,
+        zone=slot["zone"],
+        size=slot["size"],
+        enabled=slot["enabled"],
+        affected=[],
+    )
+
+
+async def order_qr_payload(ctx: Ctx, principal: Principal, order_id: str) -> str:
+    from .ordering import _order_row
+
+    async with ctx.pool.acquire() as conn:
+        row = await _order_row(conn, order_id, principal)
+    if row["status"] not in LIVE:
+        raise Problem(409, "not-live", f"order {order_id} is {row['status']}")
+    code = codes.unseal(ctx.secret, order_id, row["code_sealed"])
+    return f"exitbox:{row['cabinet_id']}:{code}"

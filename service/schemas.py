@@ -233,3 +233,27 @@ class SlotOut(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class SlotState(BaseModel):
+    label: str
+    zone: str
+    size: str
+    enabled: bool
+    state: Literal["free", "reserved", "occupied", "expired"]
+    order_id: str | None = Field(description="the parcel in the slot, or the next one reserved")
+    since: datetime | None
+    until: datetime | None
+
+
+class CabinetSlots(BaseModel):
+    cabinet_id: str
+    name: str
+    slots: list[SlotState]
+
+
+class StationSlots(BaseModel):
+    station_id: str
+    name: str
+    now: datetime
+    cabinets: list[CabinetSlots]

@@ -8,6 +8,6 @@ api = Api()
 
 
 def load_all() -> Api:
-    from . import cabinet, commuter, kitchen, operator, ops, public  # noqa: F401
+    from . import cabinet, commuter, kitchen, live, operator, ops, public  # noqa: F401
 
     return api
