@@ -22,11 +22,12 @@ from solver.model import NetworkSpec
 
 from .api import load_all
 from .api.keys import CTX
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, VirtualClock
 from .events import HUB, Hub
 from .http import SECRET_KEY, Api, openapi, problem_middleware
 from .ordering import Ctx
 from .settings import Settings
+from .web.pages import DEMO_LINKS
 
 log = logging.getLogger("exitbox.app")
 VERSION = "0.1.0"
@@ -94,6 +95,7 @@ def create_app(
     clock: Clock | None = None,
     network: NetworkSpec | None = None,
     background: bool = True,
+    demo: bool = False,
     extra_startup: Callable[[web.Application], AsyncIterator[None]] | None = None,
 ) -> web.Application:
     app = web.Application(
@@ -105,6 +107,13 @@ def create_app(
     api = load_all()
     api.register(app)
     _ops_routes(app, api)
+    virtual = None
+    if demo and clock is None and network is not None:
+        from .demo import demo_links, demo_start
+
+        virtual = VirtualClock(demo_start(network, SystemClock().now()), settings.demo_speed)
+        clock = virtual
+        app[DEMO_LINKS] = demo_links(network, secret)
     clock = clock or SystemClock()
 
     async def database(app: web.Application) -> AsyncIterator[None]:
@@ -140,9 +149,30 @@ def create_app(
         yield
         await hub.stop()
 
+    async def end_streams(app: web.Application) -> None:
+        # open event streams would hold shutdown up: tell them goodbye first
+        if HUB in app:
+            await app[HUB].stop()
+
+    app.on_shutdown.append(end_streams)
+
+    async def demo_driver(app: web.Application) -> AsyncIterator[None]:
+        from .demo import DemoDriver
+
+        assert virtual is not None and network is not None
+        driver = DemoDriver(app[CTX], network, virtual)
+        task = asyncio.create_task(driver.run())
+        log.info("demo morning from %s at %sx", virtual.start.isoformat(), settings.demo_speed)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(events)
     app.cleanup_ctx.append(sweeper)
+    if virtual is not None:
+        app.cleanup_ctx.append(demo_driver)
     if extra_startup is not None:
         app.cleanup_ctx.append(extra_startup)
     return app

@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     with database(settings) as dsn:
-        app = create_app(settings, dsn, secret, network=network)
+        app = create_app(settings, dsn, secret, network=network, demo=args.demo)
         if args.demo:
             _print_demo_tokens(secret, network, host, port)
         web.run_app(app, host=host, port=port, print=lambda s: print(s, flush=True), access_log=None)
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_demo_tokens(secret: str, network: Any, host: str, port: int) -> None:
     base = f"http://{host}:{port}"
-    print(f"exitbox demo on {base}  (API: {base}/docs)", flush=True)
+    print(f"exitbox demo on {base}  (pages, signed in: {base}/  API: {base}/docs)", flush=True)
     st = network.stations[0]
     k = network.kitchens[0]
     print(f"commuter token: {mint_token(secret, 'commuter', 'demo-commuter')}", flush=True)

@@ -81,6 +81,8 @@ class Hub:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        if self._stopping:
+            return
         self._stopping = True
         self._lost.set()
         for _, q in list(self.clients):

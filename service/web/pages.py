@@ -12,24 +12,44 @@ DEMO_LINKS: web.AppKey[list[tuple[str, str, str]]] = web.AppKey("demo_links", li
 TYPES = {".css": "text/css", ".js": "text/javascript", ".html": "text/html", ".svg": "image/svg+xml"}
 
 
-def _page(name: str) -> web.Response:
-    return web.Response(
-        text=(STATIC / name).read_text("utf-8"),
-        content_type="text/html",
-        headers={"Cache-Control": "no-cache"},
-    )
+async def _page(request: web.Request, name: str) -> web.Response:
+    """A page, told the network's time zone so that clocks read as they do at the station."""
+    from ..api.keys import CTX
+
+    tz = "UTC"
+    try:
+        ctx = request.app[CTX]
+        async with ctx.pool.acquire() as conn:
+            spec, _ = await ctx.worlds.get(conn)
+        tz = spec.timezone
+    except Exception:  # no network yet: the page still works, in UTC
+        pass
+    text = (STATIC / name).read_text("utf-8").replace("{{TZ}}", html.escape(tz))
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
 async def order_page(request: web.Request) -> web.Response:
-    return _page("order.html")
+    return await _page(request, "order.html")
 
 
 async def kitchen_page(request: web.Request) -> web.Response:
-    return _page("kitchen.html")
+    return await _page(request, "kitchen.html")
 
 
 async def station_page(request: web.Request) -> web.Response:
-    return _page("station.html")
+    return await _page(request, "station.html")
+
+
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+    'fill="#1b2330"/><rect x="3" y="3" width="10" height="10" rx="1.5" fill="#e8590c"/></svg>'
+)
+
+
+async def favicon(request: web.Request) -> web.Response:
+    return web.Response(
+        text=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+    )
 
 
 async def static(request: web.Request) -> web.Response:
@@ -82,3 +102,4 @@ def register(app: web.Application) -> None:
     app.router.add_get("/app/kitchen/{kitchen_id}", kitchen_page)
     app.router.add_get("/app/station/{station_id}", station_page)
     app.router.add_get("/static/{name}", static)
+    app.router.add_get("/favicon.ico", favicon)

@@ -19,7 +19,13 @@ X.api = async (method, path, body, token, headers) => {
   if (!r.ok) { const e = new Error((data && data.detail) || r.statusText); e.status = r.status; e.problem = data; throw e; }
   return data;
 };
-X.time = (iso) => iso ? new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "–";
+// Clocks read in the city's time zone, whatever the browser's is.
+X.tz = (document.querySelector('meta[name="exitbox-tz"]') || {}).content || undefined;
+X.time = (iso) => {
+  if (!iso) return "–";
+  try { return new Date(iso).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit", timeZone: X.tz }); }
+  catch (e) { return new Date(iso).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" }); }
+};
 X.money = (c) => (c / 100).toFixed(2);
 // Live events: EventSource with the token in the query (browsers cannot set headers on it).
 X.live = (token, onEvent, dot) => {
