@@ -14,6 +14,7 @@ from .conftest import Client
 
 CHROMIUM = os.environ.get("EXITBOX_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+expect.set_options(timeout=15_000)  # a loaded CI machine is slower than a laptop
 
 
 @pytest.fixture(scope="session")
