@@ -26,6 +26,7 @@ from .clock import Clock, SystemClock, VirtualClock
 from .events import HUB, Hub
 from .http import SECRET_KEY, Api, openapi, problem_middleware
 from .ordering import Ctx
+from .planner import Outcome
 from .settings import Settings
 from .web.pages import DEMO_LINKS
 
@@ -41,6 +42,7 @@ class Metrics:
     latency_sum: dict[str, float] = field(default_factory=dict)
     latency_buckets: dict[tuple[str, float], int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, float("inf"))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -53,6 +55,11 @@ class Metrics:
 
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def observe_planner(self, out: Outcome) -> None:
+        self.gauges[f'planner_last_seconds{{kitchen="{out.kitchen_id}"}}'] = out.seconds
+        if out.gap is not None:
+            self.gauges[f'planner_gap_to_bound{{kitchen="{out.kitchen_id}"}}'] = out.gap
 
     def render(self) -> str:
         lines = ["# TYPE exitbox_http_requests_total counter"]
@@ -67,8 +74,9 @@ class Metrics:
         for route, s in sorted(self.latency_sum.items()):
             lines.append(f'exitbox_http_request_seconds_sum{{route="{route}"}} {s:.6f}')
         for name, n in sorted(self.counters.items()):
-            lines.append(f"# TYPE exitbox_{name} counter")
             lines.append(f"exitbox_{name} {n}")
+        for name, v in sorted(self.gauges.items()):
+            lines.append(f"exitbox_{name} {v:.6f}")
         return "\n".join(lines) + "\n"
 
 
@@ -135,9 +143,24 @@ def create_app(
         await pool.close()
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_sweep_loop(app)) if background else None
+        from .planner import planner_loop
+
+        tasks = []
+        if background:
+            tasks.append(asyncio.create_task(_sweep_loop(app)))
+            m = app[METRICS]
+
+            def count(out: Outcome) -> None:
+                m.inc(f'planner_runs_total{{result="{out.result}"}}')
+                m.observe_planner(out)
+
+            tasks.append(
+                asyncio.create_task(
+                    planner_loop(app[CTX], settings.planner_interval_seconds, settings.planner_seconds, count)
+                )
+            )
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     token_ttl_hours: int = Field(default=24 * 7, ge=1, le=24 * 366)
     demo_speed: float = Field(default=20.0, gt=0, le=1000)
+    planner_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    planner_seconds: float = Field(default=2.0, gt=0, le=60)
     pool_min: int = Field(default=2, ge=1, le=100)
     pool_max: int = Field(default=20, ge=1, le=500)
     log_level: str = "INFO"

@@ -225,3 +225,118 @@ async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str
         now,
     )
     await conn.execute("delete from parcels where order_id = $1 and state = 'reserved'", order_id)
+
+
+async def load_kitchen_plan(
+    conn: asyncpg.Connection, world: World, kitchen_id: str, now: datetime
+) -> PlanState:
+    """Everything a re-plan of one kitchen needs: its live orders with all their work, the rest of
+    its work still ahead (capacity), and every reservation in the cabinets it delivers to."""
+    orows = await conn.fetch(
+        """select id, kitchen_id, station_id, cabinet_id, eta, items from orders
+            where kitchen_id = $1 and status = any($2::text[])""",
+        kitchen_id,
+        list(LIVE),
+    )
+    plan = Plan()
+    for r in orows:
+        plan.orders[r["id"]] = OrderReq(
+            r["id"],
+            r["kitchen_id"],
+            r["station_id"],
+            to_minute(r["eta"]),
+            {i["sku"]: i["qty"] for i in r["items"]},
+            r["cabinet_id"],
+        )
+    epoch = datetime.fromtimestamp(0).astimezone()
+    now_m = to_minute(now)
+    for t in await _tasks(conn, [kitchen_id], epoch):
+        mine = {o: u for o, u in t.units.items() if o in plan.orders}
+        if mine or t.end > now_m:
+            t.units = mine or t.units
+            t.frozen = t.frozen or t.start <= now_m
+            plan.tasks[t.id] = t
+    for run in await _runs(conn, [kitchen_id], epoch):
+        mine_runs = [o for o in run.orders if o in plan.orders]
+        if mine_runs or run.back > now_m:
+            run.orders = mine_runs or run.orders
+            plan.runs[run.id] = run
+    k = world.kitchens[kitchen_id]
+    cabinets = sorted({c for s in k.travel for c in world.station_cabinets.get(s, [])})
+    plan.reservations = await _reservations(conn, cabinets, now)
+    state = PlanState(world)
+    state.load(plan)
+    return state
+
+
+async def write_replan(
+    conn: asyncpg.Connection, state: PlanState, kitchen_id: str, moved: list[str], now: datetime
+) -> None:
+    """Replace the stored plan of the moved orders with the one in ``state`` (already checked)."""
+    from solver.simulate import order_ready
+
+    for oid in moved:
+        await release_order(conn, oid, kitchen_id, now)
+    plan = state.plan
+    moved_set = set(moved)
+    existing = {
+        r["id"]
+        for r in await conn.fetch(
+            "select id from tasks where id = any($1::text[])",
+            sorted({t for oid in moved for t in state.tasks_of.get(oid, set())}),
+        )
+    }
+    for tid in sorted({t for oid in moved for t in state.tasks_of.get(oid, set())}):
+        t = plan.tasks[tid]
+        if tid not in existing:
+            await conn.execute(
+                """insert into tasks (id, kitchen_id, resource, kind, sku, step, start_at, end_at)
+                   values ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                t.id,
+                t.kitchen_id,
+                t.resource,
+                t.kind,
+                t.sku,
+                t.step,
+                ts(t.start),
+                ts(t.end),
+            )
+        await conn.executemany(
+            """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
+               on conflict (task_id, order_id) do update set units = excluded.units""",
+            [(tid, oid, u) for oid, u in t.units.items() if oid in moved_set],
+        )
+    runs = {state.run_of[oid] for oid in moved}
+    have_runs = {
+        r["id"] for r in await conn.fetch("select id from runs where id = any($1::text[])", sorted(runs))
+    }
+    for rid in sorted(runs):
+        r = plan.runs[rid]
+        if rid not in have_runs:
+            await conn.execute(
+                """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
+                   values ($1, $2, $3, $4, $5, $6)""",
+                r.id,
+                r.kitchen_id,
+                r.station_id,
+                ts(r.depart),
+                ts(r.arrive),
+                ts(r.back),
+            )
+        await conn.executemany(
+            "insert into run_orders (run_id, order_id) values ($1, $2)",
+            [(rid, oid) for oid in r.orders if oid in moved_set],
+        )
+    for oid in moved:
+        tasks = [plan.tasks[t] for t in state.tasks_of[oid]]
+        ready, expiry = order_ready(plan, state.world, oid, tasks)
+        await conn.executemany(
+            """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
+               select $1, $2, $3, s.id, tstzrange($6, $7), $8
+                 from slots s where s.cabinet_id = $4 and s.label = $5""",
+            [
+                (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(expiry[rv.zone]))
+                for rv in state.res_by_order[oid]
+            ],
+        )
+        await conn.execute("update orders set ready_at = $2 where id = $1", oid, ts(ready))

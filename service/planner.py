@@ -1,0 +1,106 @@
+"""The background planner: per kitchen, snapshot -> solver.optimize -> check -> commit.
+
+It never holds a database connection while CP-SAT runs (the solve happens in a worker thread, so
+the event loop keeps answering). One planner per kitchen across every instance: a session
+advisory lock. A plan made on stale data is never committed: the kitchen's plan version must be
+the one the snapshot saw. A solve that fails, times out or crashes leaves the last plan in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from db.queries.plans import load_kitchen_plan, write_replan
+from solver.model import from_minute, to_minute_ceil
+from solver.optimize import Optimizer
+
+from .ordering import Ctx, emit, lock
+
+log = logging.getLogger("exitbox.planner")
+
+
+@dataclass
+class Outcome:
+    kitchen_id: str
+    result: str  # committed | no-better | stale | busy | failed | nothing
+    orders: int = 0
+    seconds: float = 0.0
+    gap: float | None = None
+
+
+async def replan_kitchen(ctx: Ctx, kitchen_id: str, seconds: float = 2.0) -> Outcome:
+    t0 = time.perf_counter()
+    async with ctx.pool.acquire() as guard:
+        got = await guard.fetchval("select pg_try_advisory_lock(hashtext($1))", f"planner:{kitchen_id}")
+        if not got:
+            return Outcome(kitchen_id, "busy")
+        try:
+            return await _replan(ctx, kitchen_id, seconds, t0)
+        finally:
+            await guard.execute("select pg_advisory_unlock(hashtext($1))", f"planner:{kitchen_id}")
+
+
+async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outcome:
+    now = ctx.clock.now()
+    async with ctx.pool.acquire() as conn:
+        _, world = await ctx.worlds.get(conn)
+        if kitchen_id not in world.kitchens:
+            return Outcome(kitchen_id, "nothing")
+        version = await conn.fetchval("select plan_version from kitchens where id = $1", kitchen_id)
+        state = await load_kitchen_plan(conn, world, kitchen_id, now)
+    now_m = to_minute_ceil(now)
+    opt = Optimizer(world, ctx.planner)
+    ids = opt.movable(state, kitchen_id, now_m, now_m, now_m + 6 * 60, 300)
+    if len(ids) < 2:
+        return Outcome(kitchen_id, "nothing", len(ids), time.perf_counter() - t0)
+    old_deposit = {oid: state.plan.runs[state.run_of[oid]].arrive for oid in ids}
+    try:
+        rep = await asyncio.to_thread(opt.reoptimize, state, kitchen_id, now_m, seconds, 6 * 60, 300)
+    except Exception:
+        log.exception("planner failed for %s; the last plan stays in force", kitchen_id)
+        return Outcome(kitchen_id, "failed", len(ids), time.perf_counter() - t0)
+    gap = None
+    if rep.objective_after is not None and rep.bound is not None and rep.objective_after:
+        gap = max(0.0, (rep.objective_after - rep.bound) / max(1.0, abs(rep.objective_after)))
+    if not rep.improved:
+        return Outcome(kitchen_id, "no-better", rep.orders, time.perf_counter() - t0, gap)
+    stations = sorted(world.kitchens[kitchen_id].travel)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await lock(conn, f"kitchen:{kitchen_id}", *[f"station:{s}" for s in stations])
+        current = await conn.fetchval(
+            "select plan_version from kitchens where id = $1 for update", kitchen_id
+        )
+        if current != version:
+            return Outcome(kitchen_id, "stale", rep.orders, time.perf_counter() - t0, gap)
+        await write_replan(conn, state, kitchen_id, ids, now)
+        await conn.execute("update kitchens set plan_version = plan_version + 1 where id = $1", kitchen_id)
+        for oid in ids:
+            new = state.plan.runs[state.run_of[oid]].arrive
+            if new != old_deposit[oid]:
+                await emit(conn, oid, "replanned", {"deposit_at": from_minute(new).isoformat()}, now)
+    return Outcome(kitchen_id, "committed", rep.orders, time.perf_counter() - t0, gap)
+
+
+async def planner_loop(
+    ctx: Ctx, interval: float, seconds: float, on_outcome: Callable[[Outcome], None] | None = None
+) -> None:
+    while True:
+        started = datetime.now()
+        try:
+            async with ctx.pool.acquire() as conn:
+                _, world = await ctx.worlds.get(conn)
+            for kid in sorted(world.kitchens):
+                out = await replan_kitchen(ctx, kid, seconds)
+                if on_outcome is not None:
+                    on_outcome(out)
+                if out.result == "committed":
+                    log.info("re-planned %s: %d orders in %.2f s", kid, out.orders, out.seconds)
+        except Exception as exc:  # outages: try again next round
+            log.warning("planner round failed: %s", exc)
+        spent = (datetime.now() - started) / timedelta(seconds=1)
+        await asyncio.sleep(max(1.0, interval - spent))
