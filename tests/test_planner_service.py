@@ -59,7 +59,7 @@ async def test_planner_merges_runs_and_commits_a_checked_plan(demo: Client) -> N
     finally:
         await conn.close()
     for who, placed in (("a", a), ("b", b)):
-        status, body, _ = await demo.call("GET", f"/v1/orders/{placed['id']}", role="commuter", scope=who)
+        _, body, _ = await demo.call("GET", f"/v1/orders/{placed['id']}", role="commuter", scope=who)
         assert body["status"] == "confirmed" and body["pickup_code"] == placed["pickup_code"]
     # nothing left to gain: the next round changes nothing
     again = await replan_kitchen(ctx, "k-dawn", 2.0)
