@@ -164,7 +164,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         token = mint_token(secret, args.role, args.subject, args.scope, ttl_hours=settings.token_ttl_hours)
     except TokenError as exc:
         raise CliError(str(exc)) from None
-    print(f"role={args.role} subject={args.subject} scope={args.scope or args.subject}", file=sys.stderr)
+    scope = args.scope or ("*" if args.role == "admin" else args.subject)
+    print(f"role={args.role} subject={args.subject} scope={scope}", file=sys.stderr)
     print(token)
     return 0
 

@@ -213,7 +213,14 @@ def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     query_adapter = ep.query
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        principal = _principal(request)
+        if ep.roles is None:
+            # public reads ignore a token they do not need, even a broken one
+            try:
+                principal = _principal(request)
+            except Problem:
+                principal = None
+        else:
+            principal = _principal(request)
         if ep.roles is not None:
             if principal is None:
                 raise Problem(
@@ -378,7 +385,7 @@ def openapi(api: Api, title: str, version: str) -> dict[str, Any]:
                     "name": name,
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
                     "description": desc,
                 }
             )

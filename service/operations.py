@@ -67,8 +67,10 @@ async def kitchen_plan(
 ) -> KitchenPlan:
     _scoped(principal, "kitchen", kitchen_id, f"kitchen {kitchen_id}")
     now = ctx.clock.now()
-    frm = frm or now - timedelta(minutes=30)
-    to = to or now + timedelta(hours=2)
+    if frm is None:
+        frm = (to - timedelta(hours=2, minutes=30)) if to else now - timedelta(minutes=30)
+    if to is None:
+        to = frm + timedelta(hours=2, minutes=30)
     if to <= frm or to - frm > timedelta(days=2):
         raise Problem(
             422,
@@ -384,8 +386,10 @@ async def occupancy(
 ) -> Occupancy:
     _scoped(principal, "operator", station_id, f"station {station_id}")
     now = ctx.clock.now()
-    frm = frm or now
-    to = to or frm + timedelta(hours=2)
+    if frm is None:
+        frm = (to - timedelta(hours=2)) if to else now
+    if to is None:
+        to = frm + timedelta(hours=2)
     if to <= frm or (to - frm) / timedelta(minutes=step) > 500:
         raise Problem(
             422,

@@ -3,10 +3,23 @@ is generated from them."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _iso_only(v: Any) -> Any:
+    """Times are ISO 8601 strings with an offset; numbers are not quietly read as Unix time."""
+    if isinstance(v, datetime):
+        return v
+    if not isinstance(v, str) or not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}", v):
+        raise ValueError("must be an ISO 8601 time with a UTC offset, such as 2026-03-03T07:30:00+08:00")
+    return v
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 
 SkuStr = Field(pattern=r"^[a-z0-9-]{1,32}$")
 IdStr = Field(pattern=r"^[a-z0-9-]{1,32}$")
@@ -29,7 +42,7 @@ class StationOut(BaseModel):
 
 
 class OfferQuery(In):
-    eta: AwareDatetime | None = Field(default=None, description="pickup time; default the earliest")
+    eta: Time | None = Field(default=None, description="pickup time; default the earliest")
 
 
 class OfferItem(BaseModel):
@@ -56,7 +69,7 @@ class ItemQty(In):
 class PlaceOrder(In):
     station_id: str = IdStr
     kitchen_id: str = IdStr
-    eta: AwareDatetime
+    eta: Time
     items: list[ItemQty] = Field(min_length=1, max_length=20)
 
 
@@ -103,7 +116,7 @@ class OrderOut(BaseModel):
 
 
 class ChangeEta(In):
-    eta: AwareDatetime
+    eta: Time
 
 
 class Alternative(BaseModel):
@@ -114,8 +127,8 @@ class Alternative(BaseModel):
 
 class PlanQuery(In):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: Time | None = Field(default=None, alias="from")
+    to: Time | None = None
 
 
 class TaskOrder(BaseModel):
@@ -186,8 +199,8 @@ class OpenOut(BaseModel):
 
 class OccupancyQuery(In):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: Time | None = Field(default=None, alias="from")
+    to: Time | None = None
     step: int = Field(default=15, ge=1, le=240, description="minutes between points")
 
 
