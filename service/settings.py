@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     grace_minutes: int = Field(default=10, ge=0, le=120)
     deposit_margin_minutes: int = Field(default=3, ge=0, le=60)
     code_attempts_per_minute: int = Field(default=5, ge=1, le=1000)
+    orders_per_minute: int = Field(default=10, ge=1, le=100_000, description="per token")
     code_lockout_seconds: int = Field(default=60, ge=1, le=3600)
     expiry_sweep_seconds: float = Field(default=15.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..http import Call, Reply
+from ..http import Call, Problem, Reply
 from ..ordering import cancel, change_eta, get_order, place
 from ..schemas import ChangeEta, OrderOut, OrderPlaced, PlaceOrder
 from . import api
@@ -18,11 +18,20 @@ from .keys import ctx_of
     body=PlaceOrder,
     response=OrderPlaced,
     status=201,
-    problems=(409,),
+    problems=(409, 429),
     headers={"Idempotency-Key": "a retry with the same key returns the same order"},
 )
 async def place_order(call: Call) -> Reply:
     principal = call.require()
+    ctx = ctx_of(call.app)
+    wait = ctx.limiter.hit(f"{principal.role}:{principal.subject}", ctx.clock.now())
+    if wait:
+        raise Problem(
+            429,
+            "too-many-orders",
+            "too many orders from this token; try again shortly",
+            headers={"Retry-After": str(wait)},
+        )
     status, body = await place(
         ctx_of(call.app), principal, call.body, call.request.headers.get("Idempotency-Key")
     )
