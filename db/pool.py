@@ -14,7 +14,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, command_timeout=30
+        dsn, min_size=min_size, max_size=max_size, init=init_connection, command_timeout=30, timeout=5
     )
     assert pool is not None
     return pool

@@ -17,6 +17,5 @@ _DOWN = (
 
 
 def is_database_error(exc: BaseException) -> bool:
-    if isinstance(exc, _DOWN):
-        return True
-    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)
+    # a missing Unix socket (FileNotFoundError) is a server that is down, too
+    return isinstance(exc, (*_DOWN, OSError))
