@@ -222,8 +222,9 @@ def main() -> None:
                 [
                     sys.executable,
                     "-c",
-                    "import asyncio, json, sys; sys.path.insert(0, %r); from bench.load import drive; "
-                    "print(json.dumps(asyncio.run(drive(*json.loads(sys.stdin.read())))))" % str(ROOT),
+                    f"import asyncio, json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+                    "from bench.load import drive; "
+                    "print(json.dumps(asyncio.run(drive(*json.loads(sys.stdin.read())))))",
                 ],
                 input=json.dumps([url, token, args.clients, args.seconds, bodies, args.cap]),
                 capture_output=True,
