@@ -85,7 +85,21 @@ def compare(sizes: list[int], seed: int, tightness: float) -> None:
 
 def admission_latency(live: int, samples: int, seed: int) -> None:
     print(f"\n== admission latency, one kitchen (baseline: empty plan; then {live} live orders) ==")
-    world, orders = morning(max(4 * live, 8000), seed, 0.1)
+    # one roomy kitchen with enough demand to hold `live` orders at once
+    net, rows = generate(orders=3 * live, stations=16, kitchens=1, seed=seed, tightness=0.05)
+    world = World.from_spec(NetworkSpec.model_validate(net))
+    orders = [
+        SimOrder(
+            r.order_id,
+            to_minute(r.placed_at),
+            r.station_id,
+            r.kitchen_id,
+            to_minute(r.eta),
+            dict(r.items),
+            None,
+        )
+        for r in rows
+    ]
     kid = next(iter(world.kitchens))
     mine = [o for o in orders if o.kitchen_id == kid]
     settings = Settings()
