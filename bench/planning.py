@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solver.admission import Insertion, PlanState, admit, id_factory
 from solver.bounds import served_upper_bound
-from solver.generate import generate
-from solver.model import NetworkSpec, OrderReq, Settings, World, to_minute
+from solver.generate import as_sim_orders, generate
+from solver.model import NetworkSpec, OrderReq, Settings, World
 from solver.optimize import Optimizer
 from solver.simulate import SimConfig, SimOrder, report, simulate
 
@@ -33,19 +33,7 @@ def morning(orders: int, seed: int, tightness: float) -> tuple[World, list[SimOr
     stations = max(12, kitchens * 4)
     net, rows = generate(orders=orders, stations=stations, kitchens=kitchens, seed=seed, tightness=tightness)
     world = World.from_spec(NetworkSpec.model_validate(net))
-    sims = [
-        SimOrder(
-            r.order_id,
-            to_minute(r.placed_at),
-            r.station_id,
-            r.kitchen_id,
-            to_minute(r.eta),
-            dict(r.items),
-            to_minute(r.arrival) if r.arrival else None,
-        )
-        for r in rows
-    ]
-    return world, sims
+    return world, as_sim_orders(rows)
 
 
 def fmt(v: object) -> str:
@@ -88,18 +76,7 @@ def admission_latency(live: int, samples: int, seed: int) -> None:
     # one roomy kitchen with enough demand to hold `live` orders at once
     net, rows = generate(orders=3 * live, stations=16, kitchens=1, seed=seed, tightness=0.05)
     world = World.from_spec(NetworkSpec.model_validate(net))
-    orders = [
-        SimOrder(
-            r.order_id,
-            to_minute(r.placed_at),
-            r.station_id,
-            r.kitchen_id,
-            to_minute(r.eta),
-            dict(r.items),
-            None,
-        )
-        for r in rows
-    ]
+    orders = as_sim_orders(rows)
     kid = next(iter(world.kitchens))
     mine = [o for o in orders if o.kitchen_id == kid]
     settings = Settings()

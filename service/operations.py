@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -43,6 +44,29 @@ def _scoped(principal: Principal, role: str, scope_id: str, what: str) -> None:
         raise not_found(what)
 
 
+def _time_range(
+    frm: datetime | None,
+    to: datetime | None,
+    start: datetime,
+    span: timedelta,
+    ok: Callable[[timedelta], bool],
+    rule: str,
+) -> tuple[datetime, datetime]:
+    """A query's from/to: either end defaults from the other (or from ``start``), by ``span``."""
+    if frm is None:
+        frm = (to - span) if to else start
+    if to is None:
+        to = frm + span
+    if to <= frm or not ok(to - frm):
+        raise Problem(
+            422,
+            "validation",
+            f"query field 'to': {rule}",
+            errors=[{"field": "to", "in": "query", "reason": rule}],
+        )
+    return frm, to
+
+
 # --------------------------------------------------------------------------- kitchen
 
 
@@ -67,17 +91,14 @@ async def kitchen_plan(
 ) -> KitchenPlan:
     _scoped(principal, "kitchen", kitchen_id, f"kitchen {kitchen_id}")
     now = ctx.clock.now()
-    if frm is None:
-        frm = (to - timedelta(hours=2, minutes=30)) if to else now - timedelta(minutes=30)
-    if to is None:
-        to = frm + timedelta(hours=2, minutes=30)
-    if to <= frm or to - frm > timedelta(days=2):
-        raise Problem(
-            422,
-            "validation",
-            "query field 'to': must be after 'from' and within 2 days",
-            errors=[{"field": "to", "in": "query", "reason": "bad range"}],
-        )
+    frm, to = _time_range(
+        frm,
+        to,
+        now - timedelta(minutes=30),
+        timedelta(hours=2, minutes=30),
+        lambda span: span <= timedelta(days=2),
+        "must be after 'from' and within 2 days",
+    )
     async with ctx.pool.acquire() as conn:
         spec, _ = await ctx.worlds.get(conn)
         k = spec.kitchen(kitchen_id)
@@ -386,17 +407,14 @@ async def occupancy(
 ) -> Occupancy:
     _scoped(principal, "operator", station_id, f"station {station_id}")
     now = ctx.clock.now()
-    if frm is None:
-        frm = (to - timedelta(hours=2)) if to else now
-    if to is None:
-        to = frm + timedelta(hours=2)
-    if to <= frm or (to - frm) / timedelta(minutes=step) > 500:
-        raise Problem(
-            422,
-            "validation",
-            "query field 'to': after 'from', at most 500 steps",
-            errors=[{"field": "to", "in": "query", "reason": "bad range"}],
-        )
+    frm, to = _time_range(
+        frm,
+        to,
+        now,
+        timedelta(hours=2),
+        lambda span: span / timedelta(minutes=step) <= 500,
+        "after 'from', at most 500 steps",
+    )
     async with ctx.pool.acquire() as conn:
         cabs = await conn.fetch("select id from cabinets where station_id = $1 order by id", station_id)
         if not cabs:

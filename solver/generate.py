@@ -10,7 +10,10 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .simulate import SimOrder
 from zoneinfo import ZoneInfo
 
 STATION_NAMES = [
@@ -260,3 +263,22 @@ def generate(
         "kitchens": kitchens_doc,
     }
     return network, gen
+
+
+def as_sim_orders(rows: list[GenOrder]) -> list[SimOrder]:
+    """Generated orders in the simulator's terms (integer minutes)."""
+    from .model import to_minute
+    from .simulate import SimOrder
+
+    return [
+        SimOrder(
+            r.order_id,
+            to_minute(r.placed_at),
+            r.station_id,
+            r.kitchen_id,
+            to_minute(r.eta),
+            dict(r.items),
+            to_minute(r.arrival) if r.arrival else None,
+        )
+        for r in rows
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from solver.admission import Insertion, PlanState, admit, id_factory
 from solver.bounds import served_upper_bound
 from solver.check import check
-from solver.generate import generate
+from solver.generate import as_sim_orders, generate
 from solver.model import NetworkSpec, OrderReq, Settings, World
 from solver.optimize import Optimizer
 from solver.simulate import SimConfig, report, simulate
@@ -21,24 +21,9 @@ S = Settings()
 
 
 def small_city(orders: int = 240, seed: int = 4, tightness: float = 2.0) -> tuple[World, list]:
-    from service.simulation import SimOrder
-    from solver.model import to_minute
-
     net, rows = generate(orders=orders, stations=4, kitchens=1, seed=seed, tightness=tightness)
     w = World.from_spec(NetworkSpec.model_validate(net))
-    sims = [
-        SimOrder(
-            r.order_id,
-            to_minute(r.placed_at),
-            r.station_id,
-            r.kitchen_id,
-            to_minute(r.eta),
-            dict(r.items),
-            to_minute(r.arrival) if r.arrival else None,
-        )
-        for r in rows
-    ]
-    return w, sims
+    return w, as_sim_orders(rows)
 
 
 def test_repair_makes_room_by_moving_confirmed_work_and_keeps_every_rule() -> None:

@@ -107,6 +107,26 @@ async def _reservations(
     ]
 
 
+async def _live_orders(conn: asyncpg.Connection, kitchen_ids: list[str]) -> dict[str, OrderReq]:
+    rows = await conn.fetch(
+        """select id, kitchen_id, station_id, cabinet_id, eta, items from orders
+            where kitchen_id = any($1::text[]) and status = any($2::text[])""",
+        kitchen_ids,
+        list(LIVE),
+    )
+    return {
+        r["id"]: OrderReq(
+            r["id"],
+            r["kitchen_id"],
+            r["station_id"],
+            to_minute(r["eta"]),
+            {i["sku"]: i["qty"] for i in r["items"]},
+            r["cabinet_id"],
+        )
+        for r in rows
+    }
+
+
 async def load_state(
     conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
 ) -> PlanState:
@@ -124,22 +144,8 @@ async def load_state(
 
 async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[str]) -> Plan:
     """The whole plan of live orders of some kitchens, for ``solver.check``."""
-    orows = await conn.fetch(
-        """select id, kitchen_id, station_id, cabinet_id, eta, items from orders
-            where kitchen_id = any($1::text[]) and status = any($2::text[])""",
-        kitchen_ids,
-        list(LIVE),
-    )
     plan = Plan()
-    for r in orows:
-        plan.orders[r["id"]] = OrderReq(
-            r["id"],
-            r["kitchen_id"],
-            r["station_id"],
-            to_minute(r["eta"]),
-            {i["sku"]: i["qty"] for i in r["items"]},
-            r["cabinet_id"],
-        )
+    plan.orders = await _live_orders(conn, kitchen_ids)
     epoch = datetime.fromtimestamp(0).astimezone()
     for t in await _tasks(conn, kitchen_ids, epoch):
         t.units = {o: u for o, u in t.units.items() if o in plan.orders}
@@ -232,22 +238,8 @@ async def load_kitchen_plan(
 ) -> PlanState:
     """Everything a re-plan of one kitchen needs: its live orders with all their work, the rest of
     its work still ahead (capacity), and every reservation in the cabinets it delivers to."""
-    orows = await conn.fetch(
-        """select id, kitchen_id, station_id, cabinet_id, eta, items from orders
-            where kitchen_id = $1 and status = any($2::text[])""",
-        kitchen_id,
-        list(LIVE),
-    )
     plan = Plan()
-    for r in orows:
-        plan.orders[r["id"]] = OrderReq(
-            r["id"],
-            r["kitchen_id"],
-            r["station_id"],
-            to_minute(r["eta"]),
-            {i["sku"]: i["qty"] for i in r["items"]},
-            r["cabinet_id"],
-        )
+    plan.orders = await _live_orders(conn, [kitchen_id])
     epoch = datetime.fromtimestamp(0).astimezone()
     now_m = to_minute(now)
     for t in await _tasks(conn, [kitchen_id], epoch):
