@@ -74,6 +74,8 @@ class Metrics:
             lines.append(f'exitbox_http_request_seconds_bucket{{route="{route}",le="{le}"}} {n}')
         for route, s in sorted(self.latency_sum.items()):
             lines.append(f'exitbox_http_request_seconds_sum{{route="{route}"}} {s:.6f}')
+            count = self.latency_buckets.get((route, float("inf")), 0)
+            lines.append(f'exitbox_http_request_seconds_count{{route="{route}"}} {count}')
         for name, n in sorted(self.counters.items()):
             lines.append(f"exitbox_{name} {n}")
         for name, v in sorted(self.gauges.items()):

@@ -531,3 +531,16 @@ async def test_deposit_is_for_the_orders_own_kitchen_and_cabinet(tiny: Client) -
         json={"order_id": other["id"]},
     )
     assert status == 409
+
+
+async def test_metrics_count_admissions_by_outcome_and_show_cabinets_and_pool(tiny: Client) -> None:
+    for who in ("a", "b"):
+        assert (await place(tiny, who, items=[{"sku": "juice", "qty": 1}]))[0] == 201
+    assert (await place(tiny, "c", items=[{"sku": "juice", "qty": 1}]))[0] == 409
+    status, text, _ = await tiny.call("GET", "/metrics")
+    assert status == 200
+    assert 'exitbox_admissions_total{outcome="confirmed"} 2' in text
+    assert 'exitbox_admissions_total{outcome="no-cabinet-capacity"} 1' in text
+    assert 'exitbox_cabinet_slots{cabinet="north-a",zone="chilled"} 2' in text
+    assert "exitbox_db_pool_size" in text and "exitbox_db_up 1" in text
+    assert 'exitbox_http_request_seconds_count{route="/v1/orders"} 3' in text

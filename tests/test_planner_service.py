@@ -104,3 +104,20 @@ async def test_one_planner_per_kitchen(demo: Client) -> None:
         assert out.result == "busy"
     finally:
         await conn.close()
+
+
+async def test_a_planner_that_crashes_leaves_the_last_plan_in_force(demo: Client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    await _place(demo, "a", "s03", 120)
+    await _place(demo, "b", "s03", 132)
+    from solver.optimize import Optimizer
+
+    def boom(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("solver crashed")
+
+    monkeypatch.setattr(Optimizer, "reoptimize", boom)
+    before = [r["id"] for r in await _runs(demo)]
+    out = await replan_kitchen(demo.app[CTX], "k-dawn", 1.0)
+    assert out.result == "failed"
+    assert [r["id"] for r in await _runs(demo)] == before
+    # and the service goes on placing orders
+    await _place(demo, "c", "s03", 150)

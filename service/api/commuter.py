@@ -32,9 +32,16 @@ async def place_order(call: Call) -> Reply:
             "too many orders from this token; try again shortly",
             headers={"Retry-After": str(wait)},
         )
-    status, body = await place(
-        ctx_of(call.app), principal, call.body, call.request.headers.get("Idempotency-Key")
-    )
+    from ..app import METRICS
+
+    metrics = call.app[METRICS]
+    try:
+        status, body = await place(ctx, principal, call.body, call.request.headers.get("Idempotency-Key"))
+    except Problem as p:
+        if p.status == 409:
+            metrics.inc(f'admissions_total{{outcome="{p.extra.get("reason", p.slug)}"}}')
+        raise
+    metrics.inc('admissions_total{outcome="confirmed"}')
     return Reply(body, status, {"Location": f"/v1/orders/{body['id']}"})
 
 

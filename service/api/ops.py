@@ -40,4 +40,28 @@ async def readyz(call: Call) -> Health:
 async def metrics(call: Call) -> web.Response:
     from ..app import METRICS
 
-    return web.Response(text=call.app[METRICS].render(), content_type="text/plain")
+    ctx = call.app[CTX]
+    lines = [
+        f"exitbox_db_pool_size {ctx.pool.get_size()}",
+        f"exitbox_db_pool_idle {ctx.pool.get_idle_size()}",
+        f"exitbox_db_pool_max {ctx.pool.get_max_size()}",
+    ]
+    try:
+        async with ctx.pool.acquire(timeout=2) as conn:
+            rows = await conn.fetch(
+                """select s.cabinet_id, s.zone, count(*) filter (where s.enabled) as capacity,
+                          count(p.id) as occupied
+                     from slots s left join parcels p on p.slot_id = s.id
+                      and (p.state = 'deposited' or (p.state = 'expired' and p.removed_at is null))
+                    where not s.retired group by 1, 2 order by 1, 2"""
+            )
+        for r in rows:
+            labels = f'cabinet="{r["cabinet_id"]}",zone="{r["zone"]}"'
+            lines.append(f"exitbox_cabinet_slots{{{labels}}} {r['capacity']}")
+            lines.append(f"exitbox_cabinet_occupied{{{labels}}} {r['occupied']}")
+    except Exception:  # metrics still answer while the database is away
+        lines.append("exitbox_db_up 0")
+    else:
+        lines.append("exitbox_db_up 1")
+    text = call.app[METRICS].render() + "\n".join(lines) + "\n"
+    return web.Response(text=text, content_type="text/plain")
