@@ -25,6 +25,7 @@ from .test_api import order_body
 from .test_concurrency import HUB, MORNING
 
 ORDER = order_body()
+DEMO_CITY = Path(__file__).resolve().parents[1] / "service" / "data" / "demo-city.yaml"
 
 
 async def _serve(dsn: str, network: Any, at: Any) -> tuple[TestServer, Client]:
@@ -134,3 +135,143 @@ async def test_two_instances_never_over_reserve_and_share_events(db_url: str) ->
         for s, c in ((sa, a), (sb, b)):
             await c.session.close()
             await s.close()
+
+
+async def test_sigkill_mid_load_loses_nothing_confirmed_and_the_planner_resumes(
+    own_postgres: tuple[EmbeddedPostgres, str], tmp_path: Path
+) -> None:
+    import random
+    import signal
+    import socket
+    import sys
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from db.pool import init_connection
+    from db.queries.plans import load_plan
+    from service.ordering import WorldCache
+    from solver.check import check
+    from solver.model import Settings as PlannerSettings
+
+    _, dsn = own_postgres
+    exitbox = Path(sys.executable).parent / "exitbox"
+    network = DEMO_CITY
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "EXITBOX_SECRET": SECRET,
+        "EXITBOX_HOME": str(tmp_path / "home"),
+        "EXITBOX_PLANNER_INTERVAL_SECONDS": "1",
+        "EXITBOX_PLANNER_SECONDS": "0.5",
+    }
+    base = f"http://127.0.0.1:{port}"
+
+    async def start() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            str(exitbox),
+            "serve",
+            "--port",
+            str(port),
+            "--network",
+            str(network),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with aiohttp.ClientSession() as s:
+            for _ in range(150):
+                try:
+                    async with s.get(base + "/readyz") as r:
+                        if r.status == 200:
+                            return proc
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError("the service did not come up")
+
+    from service.auth import mint_token
+
+    proc = await start()
+    acknowledged: dict[str, str] = {}
+    day = (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(days=1)).date()
+    stop = asyncio.Event()
+
+    async def worker(i: int) -> None:
+        rng = random.Random(i)
+        token = mint_token(SECRET, "commuter", f"w{i}")
+        async with aiohttp.ClientSession() as s:
+            n = 0
+            while not stop.is_set() and n < 200:
+                n += 1
+                eta = datetime(
+                    day.year, day.month, day.day, 7, rng.randint(0, 59), tzinfo=ZoneInfo("Asia/Shanghai")
+                )
+                body = {
+                    "station_id": "s03",
+                    "kitchen_id": "k-dawn",
+                    "eta": eta.isoformat(),
+                    "items": [{"sku": rng.choice(["bun-pork", "soy-milk", "tea-egg"]), "qty": 1}],
+                }
+                try:
+                    async with s.post(
+                        base + "/v1/orders", json=body, headers={"Authorization": f"Bearer {token}"}
+                    ) as r:
+                        data = await r.json()
+                        if r.status == 201:
+                            acknowledged[data["id"]] = data["pickup_code"]
+                except (aiohttp.ClientError, ValueError):
+                    return  # the server went away mid-request: that order was never acknowledged
+
+    workers = [asyncio.create_task(worker(i)) for i in range(8)]
+    for _ in range(100):
+        if len(acknowledged) >= 15:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    stop.set()
+    await asyncio.gather(*workers)
+    assert len(acknowledged) >= 15
+
+    proc = await start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for oid, code in acknowledged.items():
+                who = None
+                conn = await asyncpg.connect(dsn)
+                try:
+                    who = await conn.fetchval("select commuter_id from orders where id = $1", oid)
+                finally:
+                    await conn.close()
+                assert who is not None, f"acknowledged order {oid} was lost"
+                token = mint_token(SECRET, "commuter", who)
+                async with s.get(
+                    f"{base}/v1/orders/{oid}", headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    body = await r.json()
+                    assert r.status == 200 and body["pickup_code"] == code
+            # the planner is back at work
+            for _ in range(50):
+                async with s.get(base + "/metrics") as r:
+                    text = await r.text()
+                if "exitbox_planner_runs_total" in text:
+                    break
+                await asyncio.sleep(0.2)
+            assert "exitbox_planner_runs_total" in text
+        conn = await asyncpg.connect(dsn)
+        await init_connection(conn)
+        try:
+            placed = await conn.fetchval("select count(*) from order_events where kind = 'placed'")
+            orders = await conn.fetchval("select count(*) from orders")
+            assert placed == orders  # no event lost or doubled, no half-written order
+            _, world = await WorldCache().get(conn)
+            plan = await load_plan(conn, world, list(world.kitchens))
+            assert check(world, plan, PlannerSettings()) == []
+        finally:
+            await conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await proc.wait()
