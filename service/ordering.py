@@ -64,6 +64,39 @@ class WorldCache:
         return self._value
 
 
+class PlanCache:
+    """A kitchen's work ahead, kept between placements while its plan version stands still.
+
+    Used only under the kitchen's advisory lock, and only when the stored plan version is the
+    one the entry was made at; every change to a kitchen's tasks or runs bumps that version. Slot
+    time is read fresh for each placement (other kitchens share the cabinets)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, int, PlanState]] = {}  # kitchen -> (version, world id, state)
+        self.hits = 0
+        self.misses = 0
+
+    async def state(
+        self, conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
+    ) -> tuple[PlanState, int]:
+        version = await conn.fetchval("select plan_version from kitchens where id = $1", kitchen_id)
+        entry = self.entries.get(kitchen_id)
+        if entry is not None and entry[0] == version and entry[1] == id(world):
+            self.hits += 1
+            state = entry[2]
+            state.set_reservations(await plan_q.station_reservations(conn, world, station_id, now))
+        else:
+            self.misses += 1
+            state = await plan_q.load_state(conn, world, kitchen_id, station_id, now)
+        return state, version
+
+    def store(self, kitchen_id: str, version: int, world: World, state: PlanState) -> None:
+        self.entries[kitchen_id] = (version, id(world), state)
+
+    def forget(self, kitchen_id: str) -> None:
+        self.entries.pop(kitchen_id, None)
+
+
 class RateLimiter:
     """A sliding window per key, in this process (each instance limits its own share)."""
 
@@ -91,6 +124,7 @@ class Ctx:
     secret: str
     clock: Clock
     worlds: WorldCache = field(default_factory=WorldCache)
+    plans: PlanCache = field(default_factory=PlanCache)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(10))
 
     def __post_init__(self) -> None:
@@ -221,7 +255,7 @@ async def place(
         spec, world = await ctx.worlds.get(conn)
         order = OrderReq(new_id("o"), body.kitchen_id, body.station_id, to_minute(body.eta), items)
         await lock(conn, f"kitchen:{body.kitchen_id}", f"station:{body.station_id}")
-        state = await plan_q.load_state(conn, world, body.kitchen_id, body.station_id, now)
+        state, version = await ctx.plans.state(conn, world, body.kitchen_id, body.station_id, now)
         result = admit(world, state, order, to_minute_ceil(now), ctx.planner, new_id)
         if isinstance(result, Rejection):
             alts = await alternatives(ctx, conn, world, state, order, now)
@@ -281,6 +315,10 @@ async def place(
                 req_hash,
                 out,
             )
+        ctx.plans.forget(body.kitchen_id)  # until the commit is certain
+    # committed: the cached work ahead plus this order is the plan at the version just written
+    state.apply(result)
+    ctx.plans.store(body.kitchen_id, version + 1, world, state)
     return 201, out
 
 

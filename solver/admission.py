@@ -270,6 +270,14 @@ class PlanState:
             self._drop_reservation(rv)
         self.plan.orders.pop(order_id, None)
 
+    def set_reservations(self, reservations: Iterable[Reservation]) -> None:
+        """Replace the slot time this state knows of (read fresh for every placement)."""
+        self.plan.reservations = []
+        self.slot_busy = defaultdict(SlotBook)
+        self.res_by_order = defaultdict(list)
+        for rv in reservations:
+            self._add_reservation(rv)
+
     def slot_free(self, cabinet: str, label: str, s: int, e: int) -> bool:
         book = self.slot_busy.get((cabinet, label))
         return book is None or book.free(s, e)

@@ -544,3 +544,39 @@ async def test_metrics_count_admissions_by_outcome_and_show_cabinets_and_pool(ti
     assert 'exitbox_cabinet_slots{cabinet="north-a",zone="chilled"} 2' in text
     assert "exitbox_db_pool_size" in text and "exitbox_db_up 1" in text
     assert 'exitbox_http_request_seconds_count{route="/v1/orders"} 3' in text
+
+
+async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Client) -> None:
+    from db.queries.plans import load_state
+    from service.api.keys import CTX
+
+    ctx = demo.app[CTX]
+    conn = await demo.conn()
+    try:
+        for i in range(12):
+            eta = (demo.clock.now() + timedelta(minutes=100 + 7 * i)).isoformat()
+            body = {
+                "station_id": "s03",
+                "kitchen_id": "k-dawn",
+                "eta": eta,
+                "items": [{"sku": "bun-pork", "qty": 1 + i % 2}, {"sku": "soy-milk", "qty": 1}],
+            }
+            status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"p{i}", json=body)
+            assert status == 201, resp
+            version, _, cached = ctx.plans.entries["k-dawn"]
+            assert version == await conn.fetchval("select plan_version from kitchens where id = 'k-dawn'")
+            _, world = await ctx.worlds.get(conn)
+            fresh = await load_state(conn, world, "k-dawn", "s03", demo.clock.now())
+
+            def shape(st):  # type: ignore[no-untyped-def]
+                return (
+                    sorted(
+                        (t.id, t.start, t.end, tuple(sorted(t.units.items()))) for t in st.plan.tasks.values()
+                    ),
+                    sorted((r.id, r.depart, tuple(sorted(r.orders))) for r in st.plan.runs.values()),
+                )
+
+            assert shape(cached) == shape(fresh)
+        assert ctx.plans.hits >= 10
+    finally:
+        await conn.close()

@@ -142,6 +142,12 @@ async def load_state(
     return state
 
 
+async def station_reservations(
+    conn: asyncpg.Connection, world: World, station_id: str, now: datetime
+) -> list[Reservation]:
+    return await _reservations(conn, list(world.station_cabinets.get(station_id, [])), now)
+
+
 async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[str]) -> Plan:
     """The whole plan of live orders of some kitchens, for ``solver.check``."""
     plan = Plan()
