@@ -112,9 +112,12 @@ async def load_network(conn: asyncpg.Connection) -> tuple[NetworkSpec, datetime]
 
 
 async def network_stamp(conn: asyncpg.Connection) -> tuple[datetime | None, list[tuple[str, str]]]:
-    """What the world depends on: when the network was loaded, and which slots are disabled."""
-    loaded = await conn.fetchval("select loaded_at from network where id = 1")
-    rows = await conn.fetch(
-        "select cabinet_id, label from slots where not enabled and not retired order by 1, 2"
+    """What the world depends on: when the network was loaded, and which slots are disabled
+    (one round trip: it is read on every request)."""
+    row = await conn.fetchrow(
+        """select (select loaded_at from network where id = 1) as loaded,
+                  coalesce((select array_agg(cabinet_id || '/' || label order by cabinet_id, label)
+                              from slots where not enabled and not retired), '{}') as disabled"""
     )
-    return loaded, [(r["cabinet_id"], r["label"]) for r in rows]
+    disabled = [tuple(x.split("/", 1)) for x in row["disabled"]]
+    return row["loaded"], [(c, label) for c, label in disabled]
