@@ -70,6 +70,18 @@ def _time_range(
 # --------------------------------------------------------------------------- kitchen
 
 
+def _run_out(r: asyncpg.Record, orders: list[str]) -> RunOut:
+    return RunOut(
+        id=r["id"],
+        station_id=r["station_id"],
+        depart=r["depart_at"],
+        arrive=r["arrive_at"],
+        back=r["back_at"],
+        orders=orders,
+        status=r["status"],
+    )
+
+
 def _task_out(r: asyncpg.Record, units: list[asyncpg.Record], batch: int) -> TaskOut:
     return TaskOut(
         id=r["id"],
@@ -142,18 +154,7 @@ async def kitchen_plan(
         from_=frm,
         to=to,
         resources=resources,
-        runs=[
-            RunOut(
-                id=r["id"],
-                station_id=r["station_id"],
-                depart=r["depart_at"],
-                arrive=r["arrive_at"],
-                back=r["back_at"],
-                orders=list(r["oids"]),
-                status=r["status"],
-            )
-            for r in runs
-        ],
+        runs=[_run_out(r, list(r["oids"])) for r in runs],
         next=nxt[:12],
     )
 
@@ -219,15 +220,7 @@ async def run_depart(ctx: Ctx, principal: Principal, run_id: str) -> RunOut:
                     await emit(conn, oid, "departed", {"run_id": run_id}, now)
             await _bump(conn, r["kitchen_id"])
             r = await conn.fetchrow("select * from runs where id = $1", run_id)
-    return RunOut(
-        id=r["id"],
-        station_id=r["station_id"],
-        depart=r["depart_at"],
-        arrive=r["arrive_at"],
-        back=r["back_at"],
-        orders=oids,
-        status=r["status"],
-    )
+    return _run_out(r, oids)
 
 
 # --------------------------------------------------------------------------- cabinet

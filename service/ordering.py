@@ -151,31 +151,21 @@ async def emit(
     data: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Record a timeline event and tell every instance (NOTIFY is sent on commit)."""
-    row = await conn.fetchrow(
-        """insert into order_events (order_id, kind, data, at) values ($1, $2, $3, coalesce($4, now()))
-           returning id, at""",
+    """Record a timeline event and tell every instance (NOTIFY is sent on commit): one round trip."""
+    await conn.execute(
+        """with e as (insert into order_events (order_id, kind, data, at)
+                      values ($1, $2, $3, coalesce($4, now())) returning id, at, order_id, kind)
+           select pg_notify($5, json_build_object(
+                      'id', e.id, 'order_id', e.order_id, 'kind', e.kind, 'at', e.at,
+                      'commuter_id', o.commuter_id, 'kitchen_id', o.kitchen_id,
+                      'station_id', o.station_id, 'cabinet_id', o.cabinet_id, 'status', o.status)::text)
+             from e join orders o on o.id = e.order_id""",
         order_id,
         kind,
         data or {},
         at,
+        NOTIFY_CHANNEL,
     )
-    o = await conn.fetchrow(
-        "select commuter_id, kitchen_id, station_id, cabinet_id, status from orders where id = $1",
-        order_id,
-    )
-    payload = {
-        "id": row["id"],
-        "order_id": order_id,
-        "kind": kind,
-        "at": row["at"].isoformat(),
-        "commuter_id": o["commuter_id"],
-        "kitchen_id": o["kitchen_id"],
-        "station_id": o["station_id"],
-        "cabinet_id": o["cabinet_id"],
-        "status": o["status"],
-    }
-    await conn.execute("select pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(payload))
 
 
 def _item_lines(spec: NetworkSpec, kitchen_id: str, items: dict[str, int]) -> list[OrderItemOut]:
@@ -261,7 +251,7 @@ async def place(
             alts = await alternatives(ctx, conn, world, state, order, now)
             raise Problem(
                 409,
-                "no-capacity" if result.reason.startswith("no-") else result.reason,
+                "no-capacity",
                 result.detail,
                 title="The order cannot be confirmed",
                 reason=result.reason,

@@ -278,10 +278,6 @@ class PlanState:
         for rv in reservations:
             self._add_reservation(rv)
 
-    def slot_free(self, cabinet: str, label: str, s: int, e: int) -> bool:
-        book = self.slot_busy.get((cabinet, label))
-        return book is None or book.free(s, e)
-
 
 # --------------------------------------------------------------------------- admission
 

@@ -290,13 +290,6 @@ class KitchenView:
     def windows(self, start: int, end: int) -> list[tuple[int, int]]:
         return local_windows(self.open_hhmm, self.close_hhmm, self.tz, start, end)
 
-    def window_at(self, minute: int) -> tuple[int, int] | None:
-        """The open-hours window of the local day whose close is the first at or after minute."""
-        for w in self.windows(minute - 2 * 24 * 60, minute + 2 * 24 * 60):
-            if w[1] >= minute:
-                return w
-        return None
-
 
 @dataclass
 class World:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
-from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World, parcels_of
+from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World
 
 
 @dataclass
@@ -310,7 +310,3 @@ def utilization(world: World, plan: Plan) -> dict[str, dict[str, float]]:
         open_minutes = sum(w1 - w0 for w0, w1 in windows) or 1
         out[kid] = {r: round(busy[(kid, r)] / (cap * open_minutes), 4) for r, cap in k.capacity.items()}
     return out
-
-
-def parcel_count(world: World, plan: Plan) -> int:
-    return sum(len(parcels_of(o, world.kitchens[o.kitchen_id])) for o in plan.orders.values())

@@ -168,17 +168,54 @@ async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[st
     return plan
 
 
-async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
-    oid = ins.order.id
-    if ins.new_tasks:
+async def _insert_tasks(conn: asyncpg.Connection, tasks: list[Task]) -> None:
+    if tasks:
         await conn.executemany(
             """insert into tasks (id, kitchen_id, resource, kind, sku, step, start_at, end_at)
                values ($1, $2, $3, $4, $5, $6, $7, $8)""",
-            [
-                (t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, ts(t.start), ts(t.end))
-                for t in ins.new_tasks
-            ],
+            [(t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, ts(t.start), ts(t.end)) for t in tasks],
         )
+
+
+async def _insert_run(conn: asyncpg.Connection, r: Run) -> None:
+    await conn.execute(
+        """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
+           values ($1, $2, $3, $4, $5, $6)""",
+        r.id,
+        r.kitchen_id,
+        r.station_id,
+        ts(r.depart),
+        ts(r.arrive),
+        ts(r.back),
+    )
+
+
+async def _insert_parcels(
+    conn: asyncpg.Connection, order_id: str, reservations: list[Reservation], expiry: dict[str, int]
+) -> None:
+    await conn.executemany(
+        """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
+           select $1, $2, $3, s.id, tstzrange($6, $7), $8
+             from slots s where s.cabinet_id = $4 and s.label = $5""",
+        [
+            (
+                order_id,
+                rv.zone,
+                rv.size,
+                rv.cabinet_id,
+                rv.slot,
+                ts(rv.start),
+                ts(rv.end),
+                ts(expiry[rv.zone]),
+            )
+            for rv in reservations
+        ],
+    )
+
+
+async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
+    oid = ins.order.id
+    await _insert_tasks(conn, ins.new_tasks)
     unit_rows = [(t.id, oid, t.units[oid]) for t in ins.new_tasks]
     unit_rows += [(tid, oid, n) for tid, n in ins.joins.items()]
     await conn.executemany(
@@ -186,28 +223,10 @@ async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
            on conflict (task_id, order_id) do update set units = task_units.units + excluded.units""",
         unit_rows,
     )
-    r = ins.run
     if ins.run_is_new:
-        await conn.execute(
-            """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
-               values ($1, $2, $3, $4, $5, $6)""",
-            r.id,
-            r.kitchen_id,
-            r.station_id,
-            ts(r.depart),
-            ts(r.arrive),
-            ts(r.back),
-        )
-    await conn.execute("insert into run_orders (run_id, order_id) values ($1, $2)", r.id, oid)
-    await conn.executemany(
-        """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
-           select $1, $2, $3, s.id, tstzrange($6, $7), $8
-             from slots s where s.cabinet_id = $4 and s.label = $5""",
-        [
-            (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(ins.expiry[rv.zone]))
-            for rv in ins.reservations
-        ],
-    )
+        await _insert_run(conn, ins.run)
+    await conn.execute("insert into run_orders (run_id, order_id) values ($1, $2)", ins.run.id, oid)
+    await _insert_parcels(conn, oid, ins.reservations, ins.expiry)
 
 
 async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str, now: datetime) -> None:
@@ -284,57 +303,26 @@ async def write_replan(
             sorted({t for oid in moved for t in state.tasks_of.get(oid, set())}),
         )
     }
-    for tid in sorted({t for oid in moved for t in state.tasks_of.get(oid, set())}):
-        t = plan.tasks[tid]
-        if tid not in existing:
-            await conn.execute(
-                """insert into tasks (id, kitchen_id, resource, kind, sku, step, start_at, end_at)
-                   values ($1, $2, $3, $4, $5, $6, $7, $8)""",
-                t.id,
-                t.kitchen_id,
-                t.resource,
-                t.kind,
-                t.sku,
-                t.step,
-                ts(t.start),
-                ts(t.end),
-            )
-        await conn.executemany(
-            """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
-               on conflict (task_id, order_id) do update set units = excluded.units""",
-            [(tid, oid, u) for oid, u in t.units.items() if oid in moved_set],
-        )
+    touched = sorted({t for oid in moved for t in state.tasks_of.get(oid, set())})
+    await _insert_tasks(conn, [plan.tasks[tid] for tid in touched if tid not in existing])
+    await conn.executemany(
+        """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
+           on conflict (task_id, order_id) do update set units = excluded.units""",
+        [(tid, oid, u) for tid in touched for oid, u in plan.tasks[tid].units.items() if oid in moved_set],
+    )
     runs = {state.run_of[oid] for oid in moved}
     have_runs = {
         r["id"] for r in await conn.fetch("select id from runs where id = any($1::text[])", sorted(runs))
     }
     for rid in sorted(runs):
-        r = plan.runs[rid]
         if rid not in have_runs:
-            await conn.execute(
-                """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
-                   values ($1, $2, $3, $4, $5, $6)""",
-                r.id,
-                r.kitchen_id,
-                r.station_id,
-                ts(r.depart),
-                ts(r.arrive),
-                ts(r.back),
-            )
-        await conn.executemany(
-            "insert into run_orders (run_id, order_id) values ($1, $2)",
-            [(rid, oid) for oid in r.orders if oid in moved_set],
-        )
+            await _insert_run(conn, plan.runs[rid])
+    await conn.executemany(
+        "insert into run_orders (run_id, order_id) values ($1, $2)",
+        [(rid, oid) for rid in sorted(runs) for oid in plan.runs[rid].orders if oid in moved_set],
+    )
     for oid in moved:
         tasks = [plan.tasks[t] for t in state.tasks_of[oid]]
         ready, expiry = order_ready(plan, state.world, oid, tasks)
-        await conn.executemany(
-            """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
-               select $1, $2, $3, s.id, tstzrange($6, $7), $8
-                 from slots s where s.cabinet_id = $4 and s.label = $5""",
-            [
-                (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(expiry[rv.zone]))
-                for rv in state.res_by_order[oid]
-            ],
-        )
+        await _insert_parcels(conn, oid, state.res_by_order[oid], expiry)
         await conn.execute("update orders set ready_at = $2 where id = $1", oid, ts(ready))
