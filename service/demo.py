@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from db.queries.plans import due_work
 from solver.model import NetworkSpec
 
 from .auth import Principal
@@ -108,10 +109,7 @@ class DemoDriver:
 
     async def _advance(self, now: datetime) -> None:
         async with self.ctx.pool.acquire() as conn:
-            tasks = await conn.fetch(
-                "select id, kitchen_id from tasks where status = 'planned' and end_at <= $1 order by end_at",
-                now,
-            )
+            tasks, runs, arrived = await due_work(conn, now)
             runs = await conn.fetch(
                 "select id from runs where status = 'planned' and depart_at <= $1 order by depart_at", now
             )

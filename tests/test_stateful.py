@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from db.embedded import with_database
 from db.pool import init_connection
-from db.queries.plans import load_plan
+from db.queries.plans import due_work, load_plan
 from service.api.keys import CTX
 from service.app import create_app
 from service.clock import FixedClock
@@ -154,18 +154,7 @@ class ServiceMachine(RuleBasedStateMachine):
             now = self.clock.now()
             conn = await asyncpg.connect(self.c.dsn)
             try:
-                tasks = await conn.fetch(
-                    "select id from tasks where status = 'planned' and end_at <= $1", now
-                )
-                runs = await conn.fetch(
-                    "select id from runs where status = 'planned' and depart_at <= $1", now
-                )
-                arrived = await conn.fetch(
-                    """select o.id, o.cabinet_id from orders o
-                         join run_orders ro on ro.order_id = o.id join runs r on r.id = ro.run_id
-                        where o.status = 'on_the_way' and r.arrive_at <= $1""",
-                    now,
-                )
+                tasks, runs, arrived = await due_work(conn, now)
             finally:
                 await conn.close()
             for t in tasks:

@@ -326,3 +326,23 @@ async def write_replan(
         ready, expiry = order_ready(plan, state.world, oid, tasks)
         await _insert_parcels(conn, oid, state.res_by_order[oid], expiry)
         await conn.execute("update orders set ready_at = $2 where id = $1", oid, ts(ready))
+
+
+async def due_work(
+    conn: asyncpg.Connection, now: datetime
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
+    """What a kitchen would report by now: tasks that have ended, runs that should have left,
+    orders whose run has arrived at the station (id, cabinet_id)."""
+    tasks = await conn.fetch(
+        "select id, kitchen_id from tasks where status = 'planned' and end_at <= $1 order by end_at", now
+    )
+    runs = await conn.fetch(
+        "select id from runs where status = 'planned' and depart_at <= $1 order by depart_at", now
+    )
+    arrived = await conn.fetch(
+        """select o.id, o.cabinet_id from orders o
+             join run_orders ro on ro.order_id = o.id join runs r on r.id = ro.run_id
+            where o.status = 'on_the_way' and r.arrive_at <= $1""",
+        now,
+    )
+    return list(tasks), list(runs), list(arrived)
