@@ -158,6 +158,7 @@ def create_app(
         pool = await create_pool(database_url, settings.pool_min, settings.pool_max)
         app[CTX] = Ctx(pool, settings, secret, clock)
         yield
+        await app[CTX].placements.close()
         await pool.close()
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:

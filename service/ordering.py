@@ -1,9 +1,9 @@
 """Use cases. Each owns one transaction; handlers only parse, call one of these and shape the answer.
 
 Placement and every change to a kitchen's plan take advisory transaction locks in one order:
-the idempotency key, then the kitchen, then the station. Cabinets are shared by the kitchens
-serving a station, so the station lock keeps two kitchens from promising the same slot time; the
-exclusion constraint on parcels is the last word.
+the idempotency keys, then the kitchens, then the stations (each kind sorted). Cabinets are shared
+by the kitchens serving a station, so the station lock keeps two kitchens from promising the same
+slot time; the exclusion constraint on parcels is the last word.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from solver.model import Settings as PlannerSettings
 
 from . import codes
 from .auth import Principal
+from .batching import Batcher, Pending
 from .clock import Clock
 from .http import Problem, not_found
 from .schemas import (
@@ -77,17 +79,17 @@ class PlanCache:
         self.misses = 0
 
     async def state(
-        self, conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
+        self, conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: list[str], now: datetime
     ) -> tuple[PlanState, int]:
         version = await conn.fetchval("select plan_version from kitchens where id = $1", kitchen_id)
         entry = self.entries.get(kitchen_id)
         if entry is not None and entry[0] == version and entry[1] == id(world):
             self.hits += 1
             state = entry[2]
-            state.set_reservations(await plan_q.station_reservations(conn, world, station_id, now))
+            state.set_reservations(await plan_q.station_reservations(conn, world, station_ids, now))
         else:
             self.misses += 1
-            state = await plan_q.load_state(conn, world, kitchen_id, station_id, now)
+            state = await plan_q.load_state(conn, world, kitchen_id, station_ids, now)
         return state, version
 
     def store(self, kitchen_id: str, version: int, world: World, state: PlanState) -> None:
@@ -102,16 +104,16 @@ class RateLimiter:
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
-        self.hits: dict[str, list[datetime]] = {}
+        self.hits: dict[str, deque[datetime]] = {}
 
     def hit(self, key: str, now: datetime) -> int:
         """0 if allowed (and counted), else the seconds to wait."""
-        window = [t for t in self.hits.get(key, []) if t > now - timedelta(minutes=1)]
+        window = self.hits.setdefault(key, deque())
+        while window and window[0] <= now - timedelta(minutes=1):
+            window.popleft()
         if len(window) >= self.per_minute:
-            self.hits[key] = window
             return max(1, int((window[0] + timedelta(minutes=1) - now).total_seconds() + 0.999))
         window.append(now)
-        self.hits[key] = window
         if len(self.hits) > 100_000:  # forget the quiet ones
             self.hits = {k: v for k, v in self.hits.items() if v and v[-1] > now - timedelta(minutes=1)}
         return 0
@@ -126,9 +128,11 @@ class Ctx:
     worlds: WorldCache = field(default_factory=WorldCache)
     plans: PlanCache = field(default_factory=PlanCache)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(10))
+    placements: Batcher[PlaceRequest] = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.orders_per_minute)
+        self.placements = Batcher(lambda kitchen_id, batch: _place_batch(self, kitchen_id, batch))
 
     @property
     def planner(self) -> PlannerSettings:
@@ -140,8 +144,17 @@ def new_id(kind: str) -> str:
 
 
 async def lock(conn: asyncpg.Connection, *names: str) -> None:
-    for name in names:
-        await conn.execute("select pg_advisory_xact_lock(hashtext($1))", name)
+    """Advisory transaction locks, taken in the order given, in one round trip."""
+    await conn.execute("select pg_advisory_xact_lock(hashtext(n)) from unnest($1::text[]) as n", list(names))
+
+
+EMIT_SQL = """with e as (insert into order_events (order_id, kind, data, at)
+                      values ($1, $2, $3, coalesce($4, now())) returning id, at, order_id, kind)
+           select pg_notify($5, json_build_object(
+                      'id', e.id, 'order_id', e.order_id, 'kind', e.kind, 'at', e.at,
+                      'commuter_id', o.commuter_id, 'kitchen_id', o.kitchen_id,
+                      'station_id', o.station_id, 'cabinet_id', o.cabinet_id, 'status', o.status)::text)
+             from e join orders o on o.id = e.order_id"""
 
 
 async def emit(
@@ -152,20 +165,12 @@ async def emit(
     at: datetime | None = None,
 ) -> None:
     """Record a timeline event and tell every instance (NOTIFY is sent on commit): one round trip."""
-    await conn.execute(
-        """with e as (insert into order_events (order_id, kind, data, at)
-                      values ($1, $2, $3, coalesce($4, now())) returning id, at, order_id, kind)
-           select pg_notify($5, json_build_object(
-                      'id', e.id, 'order_id', e.order_id, 'kind', e.kind, 'at', e.at,
-                      'commuter_id', o.commuter_id, 'kitchen_id', o.kitchen_id,
-                      'station_id', o.station_id, 'cabinet_id', o.cabinet_id, 'status', o.status)::text)
-             from e join orders o on o.id = e.order_id""",
-        order_id,
-        kind,
-        data or {},
-        at,
-        NOTIFY_CHANNEL,
-    )
+    await conn.execute(EMIT_SQL, order_id, kind, data or {}, at, NOTIFY_CHANNEL)
+
+
+async def emit_many(conn: asyncpg.Connection, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """``emit`` for (order id, kind, data) each, pipelined."""
+    await conn.executemany(EMIT_SQL, [(oid, kind, data, None, NOTIFY_CHANNEL) for oid, kind, data in events])
 
 
 def _item_lines(spec: NetworkSpec, kitchen_id: str, items: dict[str, int]) -> list[OrderItemOut]:
@@ -217,116 +222,232 @@ def _request_hash(principal: Principal, body: PlaceOrder) -> str:
     return hashlib.sha256(f"{principal.subject}|{raw}".encode()).hexdigest()
 
 
+@dataclass
+class PlaceRequest:
+    principal: Principal
+    body: PlaceOrder
+    idem_key: str | None
+    request_hash: str
+    items: dict[str, int]
+
+    @property
+    def idem(self) -> tuple[str, str] | None:
+        return None if self.idem_key is None else (self.principal.subject, self.idem_key)
+
+
 async def place(
     ctx: Ctx, principal: Principal, body: PlaceOrder, idem_key: str | None
 ) -> tuple[int, dict[str, Any]]:
+    """Confirm an order with a pickup code, or raise 409 no-capacity with alternatives.
+
+    Placements for one kitchen are written in batches (``service.batching``): the orders that
+    arrive while a batch is being written are admitted one after another, in arrival order, against
+    the same plan and stored together in the next transaction."""
     if idem_key is not None and not (1 <= len(idem_key) <= 128):
         raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 128 characters")
-    req_hash = _request_hash(principal, body)
+    req = PlaceRequest(principal, body, idem_key, _request_hash(principal, body), _items_of(body.items))
+    result: tuple[int, dict[str, Any]] = await ctx.placements.submit(body.kitchen_id, req)
+    return result
+
+
+@dataclass
+class _Placed:
+    pending: Pending[PlaceRequest]
+    insertion: Insertion
+    total: int
+    code: str = ""
+
+
+async def _place_batch(
+    ctx: Ctx, kitchen_id: str, batch: list[Pending[PlaceRequest]]
+) -> list[Pending[PlaceRequest]]:
+    """One transaction for a batch of placements at one kitchen; returns those to retry (a second
+    request with an Idempotency-Key already in this batch waits for the next)."""
     now = ctx.clock.now()
-    items = _items_of(body.items)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        if idem_key is not None:
-            await lock(conn, f"idem:{principal.subject}:{idem_key}")
-            prev = await conn.fetchrow(
-                "select request_hash, status, response from idempotency_keys "
-                "where commuter_id = $1 and key = $2",
-                principal.subject,
-                idem_key,
+    now_m = to_minute_ceil(now)
+    again: list[Pending[PlaceRequest]] = []
+    work: list[Pending[PlaceRequest]] = []
+    keyed: dict[tuple[str, str], Pending[PlaceRequest]] = {}
+    for p in batch:
+        idem = p.item.idem
+        if idem is not None:
+            if idem in keyed:
+                again.append(p)
+                continue
+            keyed[idem] = p
+        work.append(p)
+    stations = sorted({p.item.body.station_id for p in work})
+    placed: list[_Placed] = []
+    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection]] = []
+    async with ctx.pool.acquire() as conn:
+        async with conn.transaction():
+            await lock(
+                conn,
+                *[f"idem:{s}:{k}" for s, k in sorted(keyed)],
+                f"kitchen:{kitchen_id}",
+                *[f"station:{s}" for s in stations],
             )
-            if prev is not None:
-                if prev["request_hash"] != req_hash:
-                    raise Problem(
-                        422,
-                        "idempotency-key-reused",
-                        "this Idempotency-Key was used with a different request",
-                    )
-                return prev["status"], prev["response"]
-        spec, world = await ctx.worlds.get(conn)
-        order = OrderReq(new_id("o"), body.kitchen_id, body.station_id, to_minute(body.eta), items)
-        await lock(conn, f"kitchen:{body.kitchen_id}", f"station:{body.station_id}")
-        state, version = await ctx.plans.state(conn, world, body.kitchen_id, body.station_id, now)
-        result = admit(world, state, order, to_minute_ceil(now), ctx.planner, new_id)
-        if isinstance(result, Rejection):
+            if keyed:
+                for row in await conn.fetch(
+                    """select commuter_id, key, request_hash, status, response from idempotency_keys
+                        where (commuter_id, key) in (select * from unnest($1::text[], $2::text[]))""",
+                    [s for s, _ in keyed],
+                    [k for _, k in keyed],
+                ):
+                    p = keyed[(row["commuter_id"], row["key"])]
+                    if row["request_hash"] != p.item.request_hash:
+                        p.fail(
+                            Problem(
+                                422,
+                                "idempotency-key-reused",
+                                "this Idempotency-Key was used with a different request",
+                            )
+                        )
+                    else:
+                        p.resolve((row["status"], row["response"]))
+                work = [p for p in work if p.open]
+            spec, world = await ctx.worlds.get(conn)
+            state, version = await ctx.plans.state(conn, world, kitchen_id, stations, now)
+            ctx.plans.forget(kitchen_id)  # the state changes below; cached again once committed
+            for p in work:
+                body = p.item.body
+                order = OrderReq(new_id("o"), kitchen_id, body.station_id, to_minute(body.eta), p.item.items)
+                result = admit(world, state, order, now_m, ctx.planner, new_id)
+                if isinstance(result, Rejection):
+                    rejected.append((p, order, result))
+                    continue
+                state.apply(result)
+                menu = world.kitchens[kitchen_id].menu
+                placed.append(
+                    _Placed(p, result, sum(menu[s].price_cents * q for s, q in order.items.items()))
+                )
+            if placed:
+                await _draw_codes(ctx, conn, placed)
+                await _store_placements(ctx, conn, kitchen_id, placed, spec)
+        ctx.plans.store(kitchen_id, version + (1 if placed else 0), world, state)
+        for pl in placed:
+            pl.pending.resolve((201, _placed_out(spec, kitchen_id, pl)))
+        for p, order, rej in rejected:  # alternatives are dry runs: outside the transaction
             alts = await alternatives(ctx, conn, world, state, order, now)
-            raise Problem(
-                409,
-                "no-capacity",
-                result.detail,
-                title="The order cannot be confirmed",
-                reason=result.reason,
-                alternatives=[a.model_dump(mode="json") for a in alts],
+            p.fail(
+                Problem(
+                    409,
+                    "no-capacity",
+                    rej.detail,
+                    title="The order cannot be confirmed",
+                    reason=rej.reason,
+                    alternatives=[a.model_dump(mode="json") for a in alts],
+                )
             )
-        code = await _unique_code(ctx, conn, result.reservations[0].cabinet_id)
-        total = sum(world.kitchens[body.kitchen_id].menu[s].price_cents * q for s, q in items.items())
-        cabinet = result.reservations[0].cabinet_id
-        await conn.execute(
-            """insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
-                                   total_cents, status, code_hash, code_sealed, ready_at)
-               values ($1, $2, $3, $4, $5, $6, $7, $8, 'confirmed', $9, $10, $11)""",
-            order.id,
-            principal.subject,
-            body.station_id,
-            cabinet,
-            body.kitchen_id,
-            body.eta,
-            [{"sku": s, "qty": q} for s, q in items.items()],
-            total,
-            codes.code_hash(ctx.secret, cabinet, code),
-            codes.seal(ctx.secret, order.id, code),
-            from_minute(result.ready),
-        )
-        await plan_q.write_insertion(conn, result)
-        await _bump(conn, body.kitchen_id)
-        await emit(
-            conn,
-            order.id,
-            "placed",
-            {
-                "deposit_at": from_minute(result.deposit).isoformat(),
-                "slots": [r.slot for r in result.reservations],
-            },
-        )
-        out = OrderPlaced(
-            id=order.id,
-            status="confirmed",
-            cabinet_id=cabinet,
-            pickup_code=code,
-            eta=body.eta,
-            total_cents=total,
-            items=_item_lines(spec, body.kitchen_id, items),
-        ).model_dump(mode="json")
-        if idem_key is not None:
-            await conn.execute(
-                """insert into idempotency_keys (commuter_id, key, request_hash, status, response)
-                   values ($1, $2, $3, 201, $4)""",
-                principal.subject,
-                idem_key,
-                req_hash,
-                out,
+    return again
+
+
+def _placed_out(spec: NetworkSpec, kitchen_id: str, pl: _Placed) -> dict[str, Any]:
+    body = pl.pending.item.body
+    return OrderPlaced(
+        id=pl.insertion.order.id,
+        status="confirmed",
+        cabinet_id=pl.insertion.reservations[0].cabinet_id,
+        pickup_code=pl.code,
+        eta=body.eta,
+        total_cents=pl.total,
+        items=_item_lines(spec, kitchen_id, pl.pending.item.items),
+    ).model_dump(mode="json")
+
+
+async def _store_placements(
+    ctx: Ctx, conn: asyncpg.Connection, kitchen_id: str, placed: list[_Placed], spec: NetworkSpec
+) -> None:
+    rows = []
+    for pl in placed:
+        ins, req = pl.insertion, pl.pending.item
+        cabinet = ins.reservations[0].cabinet_id
+        rows.append(
+            (
+                ins.order.id,
+                req.principal.subject,
+                req.body.station_id,
+                cabinet,
+                kitchen_id,
+                req.body.eta,
+                [{"sku": s, "qty": q} for s, q in req.items.items()],
+                pl.total,
+                codes.code_hash(ctx.secret, cabinet, pl.code),
+                codes.seal(ctx.secret, ins.order.id, pl.code),
+                from_minute(ins.ready),
             )
-        ctx.plans.forget(body.kitchen_id)  # until the commit is certain
-    # committed: the cached work ahead plus this order is the plan at the version just written
-    state.apply(result)
-    ctx.plans.store(body.kitchen_id, version + 1, world, state)
-    return 201, out
+        )
+    await conn.executemany(
+        """insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
+                               total_cents, status, code_hash, code_sealed, ready_at)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, 'confirmed', $9, $10, $11)""",
+        rows,
+    )
+    await plan_q.write_insertions(conn, [pl.insertion for pl in placed])
+    await _bump(conn, kitchen_id)
+    await emit_many(
+        conn,
+        [
+            (
+                pl.insertion.order.id,
+                "placed",
+                {
+                    "deposit_at": from_minute(pl.insertion.deposit).isoformat(),
+                    "slots": [r.slot for r in pl.insertion.reservations],
+                },
+            )
+            for pl in placed
+        ],
+    )
+    keyed = [pl for pl in placed if pl.pending.item.idem_key is not None]
+    if keyed:
+        await conn.executemany(
+            """insert into idempotency_keys (commuter_id, key, request_hash, status, response)
+               values ($1, $2, $3, 201, $4)""",
+            [
+                (
+                    pl.pending.item.principal.subject,
+                    pl.pending.item.idem_key,
+                    pl.pending.item.request_hash,
+                    _placed_out(spec, kitchen_id, pl),
+                )
+                for pl in keyed
+            ],
+        )
 
 
 async def _bump(conn: asyncpg.Connection, kitchen_id: str) -> None:
     await conn.execute("update kitchens set plan_version = plan_version + 1 where id = $1", kitchen_id)
 
 
-async def _unique_code(ctx: Ctx, conn: asyncpg.Connection, cabinet_id: str) -> str:
+async def _draw_codes(ctx: Ctx, conn: asyncpg.Connection, placed: list[_Placed]) -> None:
+    """A pickup code for each placement, unique among the live orders of its cabinet (the keyed
+    hash covers cabinet and code) and within the batch."""
+    todo = list(placed)
+    drawn: set[bytes] = set()
     for _ in range(50):
-        code = codes.new_code()
-        taken = await conn.fetchval(
-            "select 1 from orders where cabinet_id = $1 and code_hash = $2 and status = any($3::text[])",
-            cabinet_id,
-            codes.code_hash(ctx.secret, cabinet_id, code),
-            list(LIVE),
-        )
-        if not taken:
-            return code
+        hashes = []
+        for pl in todo:
+            cabinet = pl.insertion.reservations[0].cabinet_id
+            while True:
+                pl.code = codes.new_code()
+                h = codes.code_hash(ctx.secret, cabinet, pl.code)
+                if h not in drawn:
+                    break
+            drawn.add(h)
+            hashes.append(h)
+        clash = {
+            r["code_hash"]
+            for r in await conn.fetch(
+                """select code_hash from orders
+                    where code_hash = any($1::bytea[]) and status = any($2::text[])""",
+                hashes,
+                list(LIVE),
+            )
+        }
+        todo = [pl for pl, h in zip(todo, hashes, strict=True) if h in clash]
+        if not todo:
+            return
     raise Problem(503, "busy", "could not draw a free pickup code; try again", headers={"Retry-After": "1"})
 
 
@@ -489,7 +610,7 @@ async def change_eta(ctx: Ctx, principal: Principal, order_id: str, eta: datetim
                     cabinet,
                     codes.code_hash(ctx.secret, cabinet, code),
                 )
-            await plan_q.write_insertion(conn, result)
+            await plan_q.write_insertions(conn, [result])
             await conn.execute(
                 "update orders set eta = $2, ready_at = $3, updated_at = now() where id = $1",
                 order_id,

@@ -80,3 +80,47 @@ async def _storm(c: Client, eta: str) -> None:
         assert codes == 10
     finally:
         await conn.close()
+
+
+async def test_a_burst_is_written_in_batches_and_keyed_retries_in_one_batch_get_one_order(
+    db_url: str,
+) -> None:
+    """Placements for one kitchen that arrive together share transactions; two requests with the
+    same Idempotency-Key in the same burst still make one order, and a different body under that key
+    is refused."""
+    from service.api.keys import CTX
+
+    spec = parse_network(HUB, "hub.yaml")
+    eta = (MORNING + timedelta(hours=1)).isoformat()
+    body = {"station_id": "hub", "kitchen_id": "big", "eta": eta, "items": [{"sku": "bun", "qty": 1}]}
+    other = {**body, "items": [{"sku": "bun", "qty": 2}]}
+    async for c in make_client(db_url, spec, MORNING):
+        placements = c.app[CTX].placements
+
+        async def one(scope: str, key: str | None, b: dict, c: Client = c) -> tuple[int, dict]:
+            headers = {"Idempotency-Key": key} if key else None
+            status, resp, _ = await c.call(
+                "POST", "/v1/orders", role="commuter", scope=scope, json=b, headers=headers
+            )
+            return status, resp
+
+        calls = [one(f"u{i}", None, body) for i in range(6)]
+        calls += [one("twice", "k1", body), one("twice", "k1", body), one("twice", "k1", other)]
+        results = await asyncio.gather(*calls)
+        assert placements.requests >= 9 and placements.batches < placements.requests
+        plain = results[:6]
+        assert [s for s, _ in plain].count(201) == 6
+        keyed = results[6:]
+        # whichever body came first under the key made the order; the same body again gets it back
+        ok = [r for s, r in keyed if s == 201]
+        assert len({(r["id"], r["pickup_code"]) for r in ok}) == 1
+        assert sorted(s for s, _ in keyed) in ([201, 201, 422], [201, 422, 422])
+        conn = await c.conn()
+        try:
+            assert await conn.fetchval("select count(*) from orders") == 7
+            assert await conn.fetchval("select count(*) from orders where commuter_id = 'twice'") == 1
+            assert await conn.fetchval("select count(distinct code_hash) from orders") == 7
+            placed = await conn.fetchval("select count(*) from order_events where kind = 'placed'")
+            assert placed == 7
+        finally:
+            await conn.close()

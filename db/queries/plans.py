@@ -127,25 +127,30 @@ async def _live_orders(conn: asyncpg.Connection, kitchen_ids: list[str]) -> dict
     }
 
 
+def _cabinets(world: World, station_ids: str | list[str]) -> list[str]:
+    ids = [station_ids] if isinstance(station_ids, str) else station_ids
+    return sorted({c for s in ids for c in world.station_cabinets.get(s, [])})
+
+
 async def load_state(
-    conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
+    conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: str | list[str], now: datetime
 ) -> PlanState:
-    """What admission needs: the kitchen's work still ahead and the station's slot time."""
+    """What admission needs: the kitchen's work still ahead and the stations' slot time."""
     state = PlanState(world)
     plan = Plan()
     for t in await _tasks(conn, [kitchen_id], now):
         plan.tasks[t.id] = t
     for r in await _runs(conn, [kitchen_id], now):
         plan.runs[r.id] = r
-    plan.reservations = await _reservations(conn, list(world.station_cabinets.get(station_id, [])), now)
+    plan.reservations = await _reservations(conn, _cabinets(world, station_ids), now)
     state.load(plan)
     return state
 
 
 async def station_reservations(
-    conn: asyncpg.Connection, world: World, station_id: str, now: datetime
+    conn: asyncpg.Connection, world: World, station_ids: str | list[str], now: datetime
 ) -> list[Reservation]:
-    return await _reservations(conn, list(world.station_cabinets.get(station_id, [])), now)
+    return await _reservations(conn, _cabinets(world, station_ids), now)
 
 
 async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[str]) -> Plan:
@@ -177,56 +182,52 @@ async def _insert_tasks(conn: asyncpg.Connection, tasks: list[Task]) -> None:
         )
 
 
-async def _insert_run(conn: asyncpg.Connection, r: Run) -> None:
-    await conn.execute(
-        """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
-           values ($1, $2, $3, $4, $5, $6)""",
-        r.id,
-        r.kitchen_id,
-        r.station_id,
-        ts(r.depart),
-        ts(r.arrive),
-        ts(r.back),
-    )
+async def _insert_runs(conn: asyncpg.Connection, runs: list[Run]) -> None:
+    if runs:
+        await conn.executemany(
+            """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
+               values ($1, $2, $3, $4, $5, $6)""",
+            [(r.id, r.kitchen_id, r.station_id, ts(r.depart), ts(r.arrive), ts(r.back)) for r in runs],
+        )
 
 
 async def _insert_parcels(
-    conn: asyncpg.Connection, order_id: str, reservations: list[Reservation], expiry: dict[str, int]
+    conn: asyncpg.Connection, parcels: list[tuple[str, list[Reservation], dict[str, int]]]
 ) -> None:
-    await conn.executemany(
-        """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
-           select $1, $2, $3, s.id, tstzrange($6, $7), $8
-             from slots s where s.cabinet_id = $4 and s.label = $5""",
-        [
-            (
-                order_id,
-                rv.zone,
-                rv.size,
-                rv.cabinet_id,
-                rv.slot,
-                ts(rv.start),
-                ts(rv.end),
-                ts(expiry[rv.zone]),
-            )
-            for rv in reservations
-        ],
-    )
+    """Slot time of orders: (order id, its reservations, expiry minute by zone) each."""
+    rows = [
+        (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(expiry[rv.zone]))
+        for oid, reservations, expiry in parcels
+        for rv in reservations
+    ]
+    if rows:
+        await conn.executemany(
+            """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
+               select $1, $2, $3, s.id, tstzrange($6, $7), $8
+                 from slots s where s.cabinet_id = $4 and s.label = $5""",
+            rows,
+        )
 
 
-async def write_insertion(conn: asyncpg.Connection, ins: Insertion) -> None:
-    oid = ins.order.id
-    await _insert_tasks(conn, ins.new_tasks)
-    unit_rows = [(t.id, oid, t.units[oid]) for t in ins.new_tasks]
-    unit_rows += [(tid, oid, n) for tid, n in ins.joins.items()]
-    await conn.executemany(
-        """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
-           on conflict (task_id, order_id) do update set units = task_units.units + excluded.units""",
-        unit_rows,
-    )
-    if ins.run_is_new:
-        await _insert_run(conn, ins.run)
-    await conn.execute("insert into run_orders (run_id, order_id) values ($1, $2)", ins.run.id, oid)
-    await _insert_parcels(conn, oid, ins.reservations, ins.expiry)
+async def write_insertions(conn: asyncpg.Connection, insertions: list[Insertion]) -> None:
+    """Store first-fit insertions, in the order they were admitted (a later one may join a batch
+    or a run an earlier one opened): a fixed number of round trips however many there are."""
+    await _insert_tasks(conn, [t for ins in insertions for t in ins.new_tasks])
+    unit_rows = [(t.id, ins.order.id, t.units[ins.order.id]) for ins in insertions for t in ins.new_tasks]
+    unit_rows += [(tid, ins.order.id, n) for ins in insertions for tid, n in ins.joins.items()]
+    if unit_rows:
+        await conn.executemany(
+            """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
+               on conflict (task_id, order_id) do update set units = task_units.units + excluded.units""",
+            unit_rows,
+        )
+    await _insert_runs(conn, [ins.run for ins in insertions if ins.run_is_new])
+    if insertions:
+        await conn.executemany(
+            "insert into run_orders (run_id, order_id) values ($1, $2)",
+            [(ins.run.id, ins.order.id) for ins in insertions],
+        )
+    await _insert_parcels(conn, [(ins.order.id, ins.reservations, ins.expiry) for ins in insertions])
 
 
 async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str, now: datetime) -> None:
@@ -314,18 +315,20 @@ async def write_replan(
     have_runs = {
         r["id"] for r in await conn.fetch("select id from runs where id = any($1::text[])", sorted(runs))
     }
-    for rid in sorted(runs):
-        if rid not in have_runs:
-            await _insert_run(conn, plan.runs[rid])
+    await _insert_runs(conn, [plan.runs[rid] for rid in sorted(runs) if rid not in have_runs])
     await conn.executemany(
         "insert into run_orders (run_id, order_id) values ($1, $2)",
         [(rid, oid) for rid in sorted(runs) for oid in plan.runs[rid].orders if oid in moved_set],
     )
+    parcels, ready_rows = [], []
     for oid in moved:
         tasks = [plan.tasks[t] for t in state.tasks_of[oid]]
         ready, expiry = order_ready(plan, state.world, oid, tasks)
-        await _insert_parcels(conn, oid, state.res_by_order[oid], expiry)
-        await conn.execute("update orders set ready_at = $2 where id = $1", oid, ts(ready))
+        parcels.append((oid, state.res_by_order[oid], expiry))
+        ready_rows.append((oid, ts(ready)))
+    await _insert_parcels(conn, parcels)
+    if ready_rows:
+        await conn.executemany("update orders set ready_at = $2 where id = $1", ready_rows)
 
 
 async def due_work(
