@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import asyncpg
 from asyncpg.types import Range
 
+from db.queries import plans as plan_q
 from solver.model import SIZE_RANK
 
 from . import codes
@@ -301,6 +302,7 @@ async def deposit(ctx: Ctx, principal: Principal, cabinet_id: str, order_id: str
                 during,
             )
             labels.append(label)
+        await plan_q.bump_slot_versions(conn, [cabinet_id])
         await conn.execute(
             """update orders set status = 'in_cabinet', deposited_at = $2, updated_at = now()
                 where id = $1""",
@@ -488,6 +490,7 @@ async def set_slot(ctx: Ctx, principal: Principal, cabinet_id: str, label: str, 
                 got = await _free_slot(conn, cabinet_id, p["zone"], p["size"], p["during"], None, p["id"])
                 new_id, new_label = got if got else (None, None)
                 await conn.execute("update parcels set slot_id = $2 where id = $1", p["id"], new_id)
+                await plan_q.bump_slot_versions(conn, [cabinet_id])
                 outcome = "moved" if got else "overflow"
                 affected.append(Affected(order_id=p["order_id"], outcome=outcome, slot=new_label))
                 await emit(

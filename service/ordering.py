@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +24,7 @@ import asyncpg
 from db.queries import plans as plan_q
 from db.queries.network import load_network, network_stamp
 from solver.admission import Insertion, PlanState, Rejection, admit
-from solver.model import NetworkSpec, OrderReq, World, from_minute, to_minute, to_minute_ceil
+from solver.model import NetworkSpec, OrderReq, Reservation, World, from_minute, to_minute, to_minute_ceil
 from solver.model import Settings as PlannerSettings
 
 from . import codes
@@ -66,37 +68,107 @@ class WorldCache:
         return self._value
 
 
+@dataclass
+class Held:
+    """A kitchen's plan state as this process last knew it: the kitchen's plan version, and for each
+    station whose slot time it holds, that station's slot version and when it was read."""
+
+    version: int
+    world: int
+    state: PlanState
+    stations: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
 class PlanCache:
-    """A kitchen's work ahead, kept between placements while its plan version stands still.
+    """A kitchen's work ahead and the slot time at its stations, kept between placements.
 
-    Used only under the kitchen's advisory lock, and only when the stored plan version is the
-    one the entry was made at; every change to a kitchen's tasks or runs bumps that version. Slot
-    time is read fresh for each placement (other kitchens share the cabinets)."""
+    A kitchen's entry is used only while its stored plan version stands still (every change to its
+    tasks or runs bumps that version), and is checked out while a placement batch changes it. Slot
+    time is kept per station with the station's slot version (bumped by every change that adds or
+    moves slot time, ``db/migrations/0002``); frees that do not bump it (pickups, expiries) are
+    picked up at the latest after ``max_age`` seconds. The exclusion constraint on parcels stays the
+    last word."""
 
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[int, int, PlanState]] = {}  # kitchen -> (version, world id, state)
+    def __init__(self, max_age: float = 10.0) -> None:
+        self.max_age = max_age
+        self.entries: dict[str, Held] = {}
+        self.slots: dict[str, tuple[int, float, list[Reservation]]] = {}  # station -> (version, at, rvs)
         self.hits = 0
         self.misses = 0
 
-    async def state(
+    async def checkout(
         self, conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: list[str], now: datetime
-    ) -> tuple[PlanState, int]:
-        version = await conn.fetchval("select plan_version from kitchens where id = $1", kitchen_id)
-        entry = self.entries.get(kitchen_id)
-        if entry is not None and entry[0] == version and entry[1] == id(world):
-            self.hits += 1
-            state = entry[2]
-            state.set_reservations(await plan_q.station_reservations(conn, world, station_ids, now))
-        else:
+    ) -> tuple[Held, dict[str, int]]:
+        """The kitchen's state with fresh slot time at these stations, and their slot versions; the
+        entry leaves the cache until ``checkin``."""
+        row = await conn.fetchrow(
+            """select (select plan_version from kitchens where id = $1) as version,
+                      coalesce((select jsonb_object_agg(id, slot_version) from stations
+                                 where id = any($2::text[])), '{}') as slots""",
+            kitchen_id,
+            station_ids,
+        )
+        version = row["version"]
+        versions: dict[str, int] = {sid: row["slots"].get(sid, 0) for sid in station_ids}  # 0: not a station
+        held = self.entries.pop(kitchen_id, None)
+        if held is None or held.version != version or held.world != id(world):
             self.misses += 1
-            state = await plan_q.load_state(conn, world, kitchen_id, station_ids, now)
-        return state, version
+            held = Held(version, id(world), await plan_q.load_state(conn, world, kitchen_id, [], now))
+        else:
+            self.hits += 1
+        clock = time.monotonic()
 
-    def store(self, kitchen_id: str, version: int, world: World, state: PlanState) -> None:
-        self.entries[kitchen_id] = (version, id(world), state)
+        def fresh(entry: tuple[int, float] | tuple[int, float, list[Reservation]] | None, sid: str) -> bool:
+            return entry is not None and entry[0] == versions[sid] and clock - entry[1] <= self.max_age
 
-    def forget(self, kitchen_id: str) -> None:
+        stale = [sid for sid in station_ids if not fresh(held.stations.get(sid), sid)]
+        if stale:
+            fetch = [sid for sid in stale if not fresh(self.slots.get(sid), sid)]
+            if fetch:
+                got = await plan_q.station_reservations(conn, world, fetch, now)
+                for sid in fetch:
+                    cabs = set(world.station_cabinets.get(sid, []))
+                    self.slots[sid] = (versions[sid], clock, [rv for rv in got if rv.cabinet_id in cabs])
+            held.state.replace_reservations(
+                [c for sid in stale for c in world.station_cabinets.get(sid, [])],
+                [rv for sid in stale for rv in self.slots[sid][2]],
+            )
+            for sid in stale:
+                held.stations[sid] = (versions[sid], self.slots[sid][1])
+        return held, versions
+
+    def checkin(
+        self,
+        kitchen_id: str,
+        held: Held,
+        version: int,
+        read: dict[str, int],
+        written: dict[str, int],
+        added: list[Reservation],
+        world: World,
+    ) -> None:
+        """Back into the cache after a commit: the kitchen now at ``version``; ``written`` the new slot
+        versions of stations this commit added ``added`` to (read at ``read``). A station that moved
+        by more than this commit is forgotten."""
+        held.version = version
+        for sid, new in written.items():
+            exact = new == read.get(sid, -1) + 1
+            if exact and sid in held.stations:
+                held.stations[sid] = (new, held.stations[sid][1])
+            else:
+                held.stations.pop(sid, None)
+            entry = self.slots.get(sid)
+            if exact and entry is not None and entry[0] == read[sid]:
+                cabs = set(world.station_cabinets.get(sid, []))
+                self.slots[sid] = (new, entry[1], entry[2] + [rv for rv in added if rv.cabinet_id in cabs])
+            else:
+                self.slots.pop(sid, None)
+        self.entries[kitchen_id] = held
+
+    def forget(self, kitchen_id: str, station_ids: Iterable[str] = ()) -> None:
         self.entries.pop(kitchen_id, None)
+        for sid in station_ids:
+            self.slots.pop(sid, None)
 
 
 class RateLimiter:
@@ -261,6 +333,20 @@ class _Placed:
 async def _place_batch(
     ctx: Ctx, kitchen_id: str, batch: list[Pending[PlaceRequest]]
 ) -> list[Pending[PlaceRequest]]:
+    try:
+        return await _place_batch_once(ctx, kitchen_id, batch)
+    except asyncpg.ExclusionViolationError:
+        # cached slot time missed a change: nothing was written; forget it and read afresh
+        log.warning(
+            "placement batch at %s met a slot taken meanwhile; retrying from the database", kitchen_id
+        )
+        ctx.plans.forget(kitchen_id, {p.item.body.station_id for p in batch})
+        return await _place_batch_once(ctx, kitchen_id, [p for p in batch if p.open])
+
+
+async def _place_batch_once(
+    ctx: Ctx, kitchen_id: str, batch: list[Pending[PlaceRequest]]
+) -> list[Pending[PlaceRequest]]:
     """One transaction for a batch of placements at one kitchen; returns those to retry (a second
     request with an Idempotency-Key already in this batch waits for the next)."""
     now = ctx.clock.now()
@@ -307,8 +393,8 @@ async def _place_batch(
                         p.resolve((row["status"], row["response"]))
                 work = [p for p in work if p.open]
             spec, world = await ctx.worlds.get(conn)
-            state, version = await ctx.plans.state(conn, world, kitchen_id, stations, now)
-            ctx.plans.forget(kitchen_id)  # the state changes below; cached again once committed
+            held, read = await ctx.plans.checkout(conn, world, kitchen_id, stations, now)
+            state = held.state
             for p in work:
                 body = p.item.body
                 order = OrderReq(new_id("o"), kitchen_id, body.station_id, to_minute(body.eta), p.item.items)
@@ -321,10 +407,12 @@ async def _place_batch(
                 placed.append(
                     _Placed(p, result, sum(menu[s].price_cents * q for s, q in order.items.items()))
                 )
+            written: dict[str, int] = {}
             if placed:
                 await _draw_codes(ctx, conn, placed)
-                await _store_placements(ctx, conn, kitchen_id, placed, spec)
-        ctx.plans.store(kitchen_id, version + (1 if placed else 0), world, state)
+                written = await _store_placements(ctx, conn, kitchen_id, placed, spec)
+        added = [rv for pl in placed for rv in pl.insertion.reservations]
+        ctx.plans.checkin(kitchen_id, held, held.version + (1 if placed else 0), read, written, added, world)
         for pl in placed:
             pl.pending.resolve((201, _placed_out(spec, kitchen_id, pl)))
         for p, order, rej in rejected:  # alternatives are dry runs: outside the transaction
@@ -357,7 +445,8 @@ def _placed_out(spec: NetworkSpec, kitchen_id: str, pl: _Placed) -> dict[str, An
 
 async def _store_placements(
     ctx: Ctx, conn: asyncpg.Connection, kitchen_id: str, placed: list[_Placed], spec: NetworkSpec
-) -> None:
+) -> dict[str, int]:
+    """Write a batch's orders, plan rows, events and idempotency keys; the new slot versions."""
     rows = []
     for pl in placed:
         ins, req = pl.insertion, pl.pending.item
@@ -383,7 +472,7 @@ async def _store_placements(
            values ($1, $2, $3, $4, $5, $6, $7, $8, 'confirmed', $9, $10, $11)""",
         rows,
     )
-    await plan_q.write_insertions(conn, [pl.insertion for pl in placed])
+    written = await plan_q.write_insertions(conn, [pl.insertion for pl in placed])
     await _bump(conn, kitchen_id)
     await emit_many(
         conn,
@@ -414,6 +503,7 @@ async def _store_placements(
                 for pl in keyed
             ],
         )
+    return written
 
 
 async def _bump(conn: asyncpg.Connection, kitchen_id: str) -> None:
@@ -643,6 +733,7 @@ async def change_eta(ctx: Ctx, principal: Principal, order_id: str, eta: datetim
                             p["id"],
                             end,
                         )
+                    await plan_q.bump_slot_versions(conn, [row["cabinet_id"]])
             except asyncpg.ExclusionViolationError:
                 raise Problem(
                     409, "no-cabinet-capacity", "the slot is promised to another order at that time"

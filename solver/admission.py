@@ -271,10 +271,25 @@ class PlanState:
         self.plan.orders.pop(order_id, None)
 
     def set_reservations(self, reservations: Iterable[Reservation]) -> None:
-        """Replace the slot time this state knows of (read fresh for every placement)."""
+        """Replace the slot time this state knows of."""
         self.plan.reservations = []
         self.slot_busy = defaultdict(SlotBook)
         self.res_by_order = defaultdict(list)
+        for rv in reservations:
+            self._add_reservation(rv)
+
+    def replace_reservations(self, cabinets: Iterable[str], reservations: Iterable[Reservation]) -> None:
+        """Replace the slot time of some cabinets; that of the others stays as it is."""
+        cabs = set(cabinets)
+        gone = [rv for rv in self.plan.reservations if rv.cabinet_id in cabs]
+        if gone:
+            self.plan.reservations = [rv for rv in self.plan.reservations if rv.cabinet_id not in cabs]
+            for key in [k for k in self.slot_busy if k[0] in cabs]:
+                del self.slot_busy[key]
+            for oid in {rv.order_id for rv in gone}:
+                kept = [rv for rv in self.res_by_order.pop(oid, []) if rv.cabinet_id not in cabs]
+                if kept:
+                    self.res_by_order[oid] = kept
         for rv in reservations:
             self._add_reservation(rv)
 

@@ -563,17 +563,28 @@ async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Clien
             }
             status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"p{i}", json=body)
             assert status == 201, resp
-            version, _, cached = ctx.plans.entries["k-dawn"]
-            assert version == await conn.fetchval("select plan_version from kitchens where id = 'k-dawn'")
+            held = ctx.plans.entries["k-dawn"]
+            cached = held.state
+            assert held.version == await conn.fetchval(
+                "select plan_version from kitchens where id = 'k-dawn'"
+            )
+            assert held.stations["s03"][0] == await conn.fetchval(
+                "select slot_version from stations where id = 's03'"
+            )
             _, world = await ctx.worlds.get(conn)
             fresh = await load_state(conn, world, "k-dawn", "s03", demo.clock.now())
 
-            def shape(st):  # type: ignore[no-untyped-def]
+            def shape(st, world=world):  # type: ignore[no-untyped-def]
                 return (
                     sorted(
                         (t.id, t.start, t.end, tuple(sorted(t.units.items()))) for t in st.plan.tasks.values()
                     ),
                     sorted((r.id, r.depart, tuple(sorted(r.orders))) for r in st.plan.runs.values()),
+                    sorted(
+                        (rv.order_id, rv.cabinet_id, rv.slot, rv.start, rv.end)
+                        for rv in st.plan.reservations
+                        if rv.cabinet_id in world.station_cabinets["s03"]
+                    ),
                 )
 
             assert shape(cached) == shape(fresh)

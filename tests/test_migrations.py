@@ -42,7 +42,7 @@ async def empty_db(pg_admin: str) -> str:
 async def test_migrations_apply_to_empty_database_and_twice_change_nothing(empty_db: str) -> None:
     conn = await asyncpg.connect(empty_db)
     try:
-        assert await migrate(conn) == ["0001_init.sql"]
+        assert await migrate(conn) == ["0001_init.sql", "0002_slot_version.sql"]
         before = await conn.fetch(SNAPSHOT)
         assert len(before) > 50
         assert await migrate(conn) == []
@@ -57,8 +57,8 @@ async def test_two_processes_migrating_at_once_apply_each_file_once(empty_db: st
     b = await asyncpg.connect(empty_db)
     try:
         ra, rb = await asyncio.gather(migrate(a), migrate(b))
-        assert sorted(ra + rb) == ["0001_init.sql"]
-        assert await a.fetchval("select count(*) from schema_migrations") == 1
+        assert sorted(ra + rb) == ["0001_init.sql", "0002_slot_version.sql"]
+        assert await a.fetchval("select count(*) from schema_migrations") == 2
     finally:
         await a.close()
         await b.close()

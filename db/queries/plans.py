@@ -191,10 +191,23 @@ async def _insert_runs(conn: asyncpg.Connection, runs: list[Run]) -> None:
         )
 
 
+async def bump_slot_versions(conn: asyncpg.Connection, cabinet_ids: list[str]) -> dict[str, int]:
+    """Say that slot time at these cabinets changed; the new slot version of each of their stations.
+    Callers hold those stations' advisory locks."""
+    rows = await conn.fetch(
+        """update stations set slot_version = slot_version + 1
+            where id in (select station_id from cabinets where id = any($1::text[]))
+        returning id, slot_version""",
+        sorted(set(cabinet_ids)),
+    )
+    return {r["id"]: r["slot_version"] for r in rows}
+
+
 async def _insert_parcels(
     conn: asyncpg.Connection, parcels: list[tuple[str, list[Reservation], dict[str, int]]]
-) -> None:
-    """Slot time of orders: (order id, its reservations, expiry minute by zone) each."""
+) -> dict[str, int]:
+    """Slot time of orders: (order id, its reservations, expiry minute by zone) each; returns the
+    new slot versions of the stations written to."""
     rows = [
         (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(expiry[rv.zone]))
         for oid, reservations, expiry in parcels
@@ -207,11 +220,14 @@ async def _insert_parcels(
                  from slots s where s.cabinet_id = $4 and s.label = $5""",
             rows,
         )
+        return await bump_slot_versions(conn, [r[3] for r in rows])
+    return {}
 
 
-async def write_insertions(conn: asyncpg.Connection, insertions: list[Insertion]) -> None:
+async def write_insertions(conn: asyncpg.Connection, insertions: list[Insertion]) -> dict[str, int]:
     """Store first-fit insertions, in the order they were admitted (a later one may join a batch
-    or a run an earlier one opened): a fixed number of round trips however many there are."""
+    or a run an earlier one opened): a fixed number of round trips however many there are. Returns
+    the new slot versions of the stations written to."""
     await _insert_tasks(conn, [t for ins in insertions for t in ins.new_tasks])
     unit_rows = [(t.id, ins.order.id, t.units[ins.order.id]) for ins in insertions for t in ins.new_tasks]
     unit_rows += [(tid, ins.order.id, n) for ins in insertions for tid, n in ins.joins.items()]
@@ -227,7 +243,7 @@ async def write_insertions(conn: asyncpg.Connection, insertions: list[Insertion]
             "insert into run_orders (run_id, order_id) values ($1, $2)",
             [(ins.run.id, ins.order.id) for ins in insertions],
         )
-    await _insert_parcels(conn, [(ins.order.id, ins.reservations, ins.expiry) for ins in insertions])
+    return await _insert_parcels(conn, [(ins.order.id, ins.reservations, ins.expiry) for ins in insertions])
 
 
 async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str, now: datetime) -> None:
@@ -257,6 +273,11 @@ async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str
         now,
     )
     await conn.execute("delete from parcels where order_id = $1 and state = 'reserved'", order_id)
+    await conn.execute(
+        """update stations set slot_version = slot_version + 1
+            where id = (select station_id from orders where id = $1)""",
+        order_id,
+    )
 
 
 async def load_kitchen_plan(
