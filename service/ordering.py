@@ -393,8 +393,12 @@ async def _place_batch_once(
                         p.resolve((row["status"], row["response"]))
                 work = [p for p in work if p.open]
             spec, world = await ctx.worlds.get(conn)
-            held, read = await ctx.plans.checkout(conn, world, kitchen_id, stations, now)
-            state = held.state
+            held: Held | None = None
+            read: dict[str, int] = {}
+            state = PlanState(world)  # an unknown kitchen: every order is refused as invalid
+            if kitchen_id in world.kitchens:
+                held, read = await ctx.plans.checkout(conn, world, kitchen_id, stations, now)
+                state = held.state
             for p in work:
                 body = p.item.body
                 order = OrderReq(new_id("o"), kitchen_id, body.station_id, to_minute(body.eta), p.item.items)
@@ -412,7 +416,10 @@ async def _place_batch_once(
                 await _draw_codes(ctx, conn, placed)
                 written = await _store_placements(ctx, conn, kitchen_id, placed, spec)
         added = [rv for pl in placed for rv in pl.insertion.reservations]
-        ctx.plans.checkin(kitchen_id, held, held.version + (1 if placed else 0), read, written, added, world)
+        if held is not None:
+            ctx.plans.checkin(
+                kitchen_id, held, held.version + (1 if placed else 0), read, written, added, world
+            )
         for pl in placed:
             pl.pending.resolve((201, _placed_out(spec, kitchen_id, pl)))
         for p, order, rej in rejected:  # alternatives are dry runs: outside the transaction

@@ -173,10 +173,12 @@ async def test_bad_requests_get_problem_json(tiny: Client) -> None:
     assert_problem(body, 413)
 
 
-async def test_unknown_sku_and_unserved_station_are_invalid(tiny: Client) -> None:
+async def test_unknown_sku_station_or_kitchen_are_invalid(tiny: Client) -> None:
     status, body = await place(tiny, items=[{"sku": "pizza", "qty": 1}])
     assert status == 409 and body["reason"] == "invalid"
     status, body = await place(tiny, station_id="nowhere")
+    assert status == 409 and body["reason"] == "invalid"
+    status, body = await place(tiny, kitchen_id="nowhere")  # found by schemathesis: was a 500
     assert status == 409 and body["reason"] == "invalid"
 
 
