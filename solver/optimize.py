@@ -145,7 +145,7 @@ class Optimizer:
         )
 
     def repair(
-        self, state: PlanState, order: OrderReq, now: int, seconds: float, window: int = 45, limit: int = 60
+        self, state: PlanState, order: OrderReq, now: int, seconds: float, window: int = 45, limit: int = 30
     ) -> bool:
         """Make room for ``order`` by moving not-started work; True if it is now in the plan.
         Feasibility is all that is asked: the first solution found is taken."""
@@ -520,6 +520,10 @@ class Optimizer:
             if o.id in movable:
                 m.add_hint(late, max(0, plan.runs[state.run_of[o.id]].arrive - (o.eta - st.margin)))
             m.add(late >= deposit[o.id] - (o.eta - st.margin - base))
+            if first_solution:
+                # a repair takes the first plan it finds: it may not make anyone later than now
+                cur_arrive = plan.runs[state.run_of[o.id]].arrive if o.id in movable else o.eta - st.margin
+                m.add(deposit[o.id] <= max(cur_arrive, o.eta - st.margin) - base)
             terms.append(W_LATE * late)
             terms.append(W_HOLD * (o.eta - base - ready[o.id]))
         terms.extend(W_RUN * u for u in used.values())

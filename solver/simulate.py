@@ -19,6 +19,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
+from .consolidate import consolidate
 from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World
 
 
@@ -113,10 +114,12 @@ def simulate(
 
         optimizer = Optimizer(world, settings, seed=cfg.seed)
     repair_spent = 0.0
+    consolidated: dict[str, int] = {}  # kitchen -> its task count when last consolidated
     for i, so in enumerate(queue):
         now = so.placed_at
         if optimizer is not None and now >= next_reopt:
             for kid in sorted(changed):
+                stats["consolidated_batches"] += consolidate(state, kid, now, settings)
                 rep = optimizer.reoptimize(state, kid, now, cfg.reopt_seconds)
                 stats["reopt_runs"] += 1
                 stats["reopt_improved"] += int(rep.improved)
@@ -135,6 +138,17 @@ def simulate(
             outcomes[so.id] = Outcome(so, "rejected", bad.reason)
             continue
         res: Insertion | Rejection = admit(world, state, order, now, settings, new_id)
+        if (
+            optimizer is not None
+            and isinstance(res, Rejection)
+            and res.reason == "no-kitchen-capacity"
+            and consolidated.get(order.kitchen_id) != len(state.plan.tasks)
+        ):
+            # free equipment time by merging batches, then try first fit again
+            stats["consolidated_batches"] += consolidate(state, order.kitchen_id, now, settings)
+            consolidated[order.kitchen_id] = len(state.plan.tasks)
+            res = admit(world, state, order, now, settings, new_id)
+            stats["consolidation_wins"] += int(isinstance(res, Insertion))
         if isinstance(res, Insertion):
             state.apply(res)
             changed.add(order.kitchen_id)

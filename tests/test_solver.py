@@ -100,6 +100,36 @@ def test_second_order_joins_the_open_croissant_batch_and_the_run() -> None:
     assert len(ovens) == 1 and ovens[0].total_units == 5
 
 
+def test_consolidation_merges_a_later_batch_into_an_earlier_one_that_keeps_it_fresh() -> None:
+    """The later order came first and got its own oven batch; the earlier one could not join it (it
+    would be ready too late). Consolidation moves the later order's croissants into the earlier batch,
+    which still leaves them fresh until its slot time ends, and frees the oven."""
+    from solver.consolidate import consolidate
+
+    w = world()
+    w.kitchens["bakery"].capacity["pack"] = 2  # one oven is what this test is about
+    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=2)
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    now = eta - 120
+    late = admit(w, state, OrderReq("late", "bakery", "north", eta + 16, {"croissant": 3}), now, S, new_id)
+    assert isinstance(late, Insertion)
+    state.apply(late)
+    early = admit(w, state, OrderReq("early", "bakery", "north", eta, {"croissant": 2}), now, S, new_id)
+    assert isinstance(early, Insertion) and not early.joins
+    state.apply(early)
+    assert len([t for t in state.plan.tasks.values() if t.resource == "oven"]) == 2
+    moved: list[str] = []
+    assert consolidate(state, "bakery", now, S, moved.append) == 1
+    assert moved == ["late"]
+    ovens = [t for t in state.plan.tasks.values() if t.resource == "oven"]
+    assert len(ovens) == 1 and ovens[0].units == {"early": 2, "late": 3}
+    assert check(w, state.plan, S) == []
+    # nothing started moves
+    assert consolidate(state, "bakery", now, S) == 0
+
+
 def test_rejects_with_reasons() -> None:
     w = world()
     state = PlanState(w)

@@ -1,0 +1,97 @@
+"""Batch consolidation: move an order's units out of a batch into another batch of the same step
+that has room and whose timing still suits them, so that an emptied batch gives its equipment time
+back. Pure Python and fast: the planner runs it before CP-SAT, and before giving up on an order
+that first fit could not place.
+
+Only work that has not started moves. An order's units move only to a batch that ends before the
+order's next step (or its packing, or its run) starts, starts after its previous step ends, and
+ends late enough that the parcel stays fresh until its slot time ends; so every rule of SPEC
+section 4 that held before still holds (``solver.check`` says so in the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .admission import PlanState
+from .model import Settings, Task
+
+
+def consolidate(
+    state: PlanState,
+    kitchen_id: str,
+    now: int,
+    settings: Settings,
+    moved: Callable[[str], None] | None = None,
+) -> int:
+    """Empty whatever batches of this kitchen can be emptied; returns how many were. ``moved`` is
+    told the id of every order whose units moved."""
+    ks = state.kitchens[kitchen_id]
+    k = ks.view
+    emptied = 0
+    for (sku, step), tasks in list(ks.batches.items()):
+        batch = k.menu[sku].steps[step - 1][2]
+        if batch <= 1:
+            continue
+        movable = [t for t in tasks if not t.frozen and t.start > now]
+        if len(movable) < 2:
+            continue
+        # the emptiest first; each goes whole or not at all
+        for a in sorted(movable, key=lambda t: (t.total_units, t.start)):
+            if a.id not in state.plan.tasks:
+                continue
+            spare = {b.id: batch - b.total_units for b in movable if b is not a and b.id in state.plan.tasks}
+            plan: list[tuple[str, int, Task]] = []
+            for oid, n in sorted(a.units.items(), key=lambda kv: -kv[1]):
+                lo_start, hi_end, fresh_end = _window(state, oid, sku, step, settings)
+                best: Task | None = None
+                for b in movable:
+                    if b is a or spare.get(b.id, 0) < n:
+                        continue
+                    if b.start < lo_start or b.end > hi_end or b.end < fresh_end:
+                        continue
+                    # the fullest target; among equals the latest (freshest)
+                    if best is None or (spare[b.id], -b.end) < (spare[best.id], -best.end):
+                        best = b
+                if best is None:
+                    break
+                spare[best.id] -= n
+                plan.append((oid, n, best))
+            else:
+                for oid, n, b in plan:
+                    b.units[oid] = b.units.get(oid, 0) + n
+                    a.units.pop(oid)
+                    state.tasks_of[oid].discard(a.id)
+                    state.tasks_of[oid].add(b.id)
+                    if moved is not None:
+                        moved(oid)
+                state._drop_task(a)
+                movable.remove(a)
+                emptied += 1
+    return emptied
+
+
+def _window(state: PlanState, oid: str, sku: str, step: int, settings: Settings) -> tuple[int, int, int]:
+    """For an order's units of (sku, step): the earliest start, the latest end and the earliest end
+    (freshness) of a batch that could hold them."""
+    plan = state.plan
+    order = plan.orders[oid]
+    k = state.world.kitchens[order.kitchen_id]
+    item = k.menu[sku]
+    mine = [plan.tasks[t] for t in state.tasks_of.get(oid, ()) if t in plan.tasks]
+    lo_start = max((t.end for t in mine if t.sku == sku and t.step == step - 1), default=-(10**9))
+    if step < len(item.steps):
+        hi_end = min(t.start for t in mine if t.sku == sku and t.step == step + 1)
+        fresh_end = -(10**9)
+    else:
+        packs = [t.start for t in mine if t.kind == "pack"]
+        if packs:
+            hi_end = min(packs)
+        else:
+            hi_end = plan.runs[state.run_of[oid]].depart
+        slot_end = max(
+            (rv.end for rv in state.res_by_order.get(oid, ()) if rv.zone == item.zone),
+            default=order.eta + settings.grace,
+        )
+        fresh_end = slot_end - item.max_hold
+    return lo_start, hi_end, fresh_end
