@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from db.queries.plans import load_kitchen_plan, write_replan
+from solver.check import check
+from solver.consolidate import consolidate
 from solver.model import from_minute, to_minute_ceil
-from solver.optimize import Optimizer
+from solver.optimize import Optimizer, ReoptReport
 
 from .ordering import Ctx, emit, lock
 
@@ -59,15 +61,23 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
     if len(ids) < 2:
         return Outcome(kitchen_id, "nothing", len(ids), time.perf_counter() - t0)
     old_deposit = {oid: state.plan.runs[state.run_of[oid]].arrive for oid in ids}
+
+    def solve() -> tuple[int, ReoptReport]:
+        # merge batches first (fast, frees equipment time), then CP-SAT over what is left
+        merged = consolidate(state, kitchen_id, now_m, ctx.planner, only=set(ids))
+        if merged and check(world, state.plan, ctx.planner, partial=True):
+            raise RuntimeError("consolidation broke a rule")  # never expected; the plan stays
+        return merged, opt.reoptimize(state, kitchen_id, now_m, seconds, 6 * 60, 300)
+
     try:
-        rep = await asyncio.to_thread(opt.reoptimize, state, kitchen_id, now_m, seconds, 6 * 60, 300)
+        merged, rep = await asyncio.to_thread(solve)
     except Exception:
         log.exception("planner failed for %s; the last plan stays in force", kitchen_id)
         return Outcome(kitchen_id, "failed", len(ids), time.perf_counter() - t0)
     gap = None
     if rep.objective_after is not None and rep.bound is not None and rep.objective_after:
         gap = max(0.0, (rep.objective_after - rep.bound) / max(1.0, abs(rep.objective_after)))
-    if not rep.improved:
+    if not rep.improved and not merged:
         return Outcome(kitchen_id, "no-better", rep.orders, time.perf_counter() - t0, gap)
     stations = sorted(world.kitchens[kitchen_id].travel)
     async with ctx.pool.acquire() as conn, conn.transaction():

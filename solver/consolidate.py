@@ -23,9 +23,10 @@ def consolidate(
     now: int,
     settings: Settings,
     moved: Callable[[str], None] | None = None,
+    only: set[str] | None = None,
 ) -> int:
     """Empty whatever batches of this kitchen can be emptied; returns how many were. ``moved`` is
-    told the id of every order whose units moved."""
+    told the id of every order whose units moved; with ``only``, only those orders' units move."""
     ks = state.kitchens[kitchen_id]
     k = ks.view
     emptied = 0
@@ -38,7 +39,7 @@ def consolidate(
             continue
         # the emptiest first; each goes whole or not at all
         for a in sorted(movable, key=lambda t: (t.total_units, t.start)):
-            if a.id not in state.plan.tasks:
+            if a.id not in state.plan.tasks or (only is not None and not only.issuperset(a.units)):
                 continue
             spare = {b.id: batch - b.total_units for b in movable if b is not a and b.id in state.plan.tasks}
             plan: list[tuple[str, int, Task]] = []

@@ -121,3 +121,21 @@ async def test_a_planner_that_crashes_leaves_the_last_plan_in_force(demo: Client
     assert [r["id"] for r in await _runs(demo)] == before
     # and the service goes on placing orders
     await _place(demo, "c", "s03", 150)
+
+
+async def test_planner_merges_steamer_batches_and_the_stored_plan_checks(demo: Client) -> None:
+    late = await _place(demo, "late", "s03", 150, sku="bun-pork")  # first: its own batch, just in time
+    early = await _place(demo, "early", "s03", 120, sku="bun-pork")  # cannot join it: ready too late
+    conn = await demo.conn()
+    try:
+        steams = "select count(*) from tasks where kitchen_id = 'k-dawn' and resource = 'steamer'"
+        assert await conn.fetchval(steams) == 2
+        out = await replan_kitchen(demo.app[CTX], "k-dawn", 2.0)
+        assert out.result == "committed", out
+        assert await conn.fetchval(steams) == 1  # one batch, still fresh for the later commuter
+        _, world = await WorldCache().get(conn)
+        plan = await load_plan(conn, world, ["k-dawn"])
+        assert check(world, plan, PlannerSettings()) == []
+        assert set(plan.orders) == {late["id"], early["id"]}
+    finally:
+        await conn.close()
