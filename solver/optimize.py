@@ -132,7 +132,8 @@ class Optimizer:
         if len(ids) < 2:
             return ReoptReport(False, "nothing to move", len(ids), None, None, None, time.perf_counter() - t0)
         before = self.objective_of(state, ids, now)
-        sol = self._solve(state, kid, now, ids, None, seconds)
+        # ``seconds`` bounds the whole re-plan: a tenth is kept for checking and committing the result
+        sol = self._solve(state, kid, now, ids, None, 0.9 * seconds - (time.perf_counter() - t0))
         if sol is None:
             return ReoptReport(False, "no solution", len(ids), before, None, None, time.perf_counter() - t0)
         if sol.objective >= before:
