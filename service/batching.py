@@ -34,7 +34,8 @@ class Pending(Generic[T]):
             self.future.set_exception(exc)
 
 
-# handle(key, batch) answers every request of the batch, and returns those to try again in the next
+# handle(key, batch) answers every request of the batch (some may be answered a little later, by a
+# task of its own), and returns those to try again in the next batch
 Handler = Callable[[str, list[Pending[T]]], Awaitable[list[Pending[T]]]]
 
 
@@ -77,9 +78,6 @@ class Batcher(Generic[T]):
                         p.fail(exc)
                     continue
                 queue[:0] = again
-                for p in batch:
-                    if p.open and p not in again:
-                        p.fail(RuntimeError("request left unanswered by its batch"))
         finally:
             self._running.pop(key, None)
             if not self._queues.get(key):

@@ -8,6 +8,7 @@ slot time; the exclusion constraint on parcels is the last word.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -422,19 +423,42 @@ async def _place_batch_once(
             )
         for pl in placed:
             pl.pending.resolve((201, _placed_out(spec, kitchen_id, pl)))
-        for p, order, rej in rejected:  # alternatives are dry runs: outside the transaction
-            alts = await alternatives(ctx, conn, world, state, order, now)
-            p.fail(
-                Problem(
-                    409,
-                    "no-capacity",
-                    rej.detail,
-                    title="The order cannot be confirmed",
-                    reason=rej.reason,
-                    alternatives=[a.model_dump(mode="json") for a in alts],
-                )
-            )
+    if rejected:
+        # alternatives are dry runs that read other kitchens' plans: the next batch need not wait
+        task = asyncio.create_task(_refuse(ctx, world, state, rejected, now))
+        _REFUSING.add(task)
+        task.add_done_callback(_REFUSING.discard)
     return again
+
+
+_REFUSING: set[asyncio.Task[None]] = set()
+
+
+async def _refuse(
+    ctx: Ctx,
+    world: World,
+    state: PlanState,
+    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection]],
+    now: datetime,
+) -> None:
+    """Answer refused placements: 409 no-capacity with the reason and alternatives."""
+    try:
+        async with ctx.pool.acquire() as conn:
+            for p, order, rej in rejected:
+                alts = await alternatives(ctx, conn, world, state, order, now)
+                p.fail(
+                    Problem(
+                        409,
+                        "no-capacity",
+                        rej.detail,
+                        title="The order cannot be confirmed",
+                        reason=rej.reason,
+                        alternatives=[a.model_dump(mode="json") for a in alts],
+                    )
+                )
+    except Exception as exc:
+        for p, _, _ in rejected:
+            p.fail(exc)
 
 
 def _placed_out(spec: NetworkSpec, kitchen_id: str, pl: _Placed) -> dict[str, Any]:
