@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -45,6 +45,7 @@ class Batcher(Generic[T]):
         self.max_batch = max_batch
         self._queues: dict[str, list[Pending[T]]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._later: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.requests = 0
 
@@ -83,8 +84,20 @@ class Batcher(Generic[T]):
             if not self._queues.get(key):
                 self._queues.pop(key, None)
 
+    def later(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Answer some requests of a batch in a task of their own, so the key's next batch need not
+        wait for that work; the task is cancelled with the batcher."""
+        task = asyncio.create_task(answer)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
     async def close(self) -> None:
-        for task in list(self._running.values()):
+        """Stop: running work is cancelled and every request still waiting is told so."""
+        for task in [*self._running.values(), *self._later]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for queue in self._queues.values():
+            for p in queue:
+                p.fail(RuntimeError("the service is stopping"))
+        self._queues.clear()

@@ -110,15 +110,6 @@ class DemoDriver:
     async def _advance(self, now: datetime) -> None:
         async with self.ctx.pool.acquire() as conn:
             tasks, runs, arrived = await due_work(conn, now)
-            runs = await conn.fetch(
-                "select id from runs where status = 'planned' and depart_at <= $1 order by depart_at", now
-            )
-            arrived = await conn.fetch(
-                """select o.id, o.cabinet_id from orders o
-                     join run_orders ro on ro.order_id = o.id join runs r on r.id = ro.run_id
-                    where o.status = 'on_the_way' and r.arrive_at <= $1""",
-                now,
-            )
         for t in tasks:
             await task_done(self.ctx, ADMIN, t["kitchen_id"], t["id"])
         for r in runs:

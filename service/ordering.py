@@ -8,7 +8,6 @@ slot time; the exclusion constraint on parcels is the last word.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -101,7 +100,9 @@ class PlanCache:
         self, conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: list[str], now: datetime
     ) -> tuple[Held, dict[str, int]]:
         """The kitchen's state with fresh slot time at these stations, and their slot versions; the
-        entry leaves the cache until ``checkin``."""
+        entry leaves the cache until ``checkin``. Ids that are not stations are left out (orders for
+        them are refused as invalid) so that requests cannot grow the cache."""
+        station_ids = [sid for sid in station_ids if sid in world.station_cabinets]
         row = await conn.fetchrow(
             """select (select plan_version from kitchens where id = $1) as version,
                       coalesce((select jsonb_object_agg(id, slot_version) from stations
@@ -109,8 +110,7 @@ class PlanCache:
             kitchen_id,
             station_ids,
         )
-        version = row["version"]
-        versions: dict[str, int] = {sid: row["slots"].get(sid, 0) for sid in station_ids}  # 0: not a station
+        version, versions = row["version"], {sid: row["slots"].get(sid, 0) for sid in station_ids}
         held = self.entries.pop(kitchen_id, None)
         if held is None or held.version != version or held.world != id(world):
             self.misses += 1
@@ -119,19 +119,20 @@ class PlanCache:
             self.hits += 1
         clock = time.monotonic()
 
-        def fresh(entry: tuple[int, float] | tuple[int, float, list[Reservation]] | None, sid: str) -> bool:
+        def fresh(sid: str, entry: tuple[int, float, Any] | tuple[int, float] | None) -> bool:
+            # read at the station's current slot version, and not too long ago
             return entry is not None and entry[0] == versions[sid] and clock - entry[1] <= self.max_age
 
-        stale = [sid for sid in station_ids if not fresh(held.stations.get(sid), sid)]
+        stale = [sid for sid in station_ids if not fresh(sid, held.stations.get(sid))]
+        fetch = [sid for sid in stale if not fresh(sid, self.slots.get(sid))]
+        if fetch:
+            got = await plan_q.station_reservations(conn, world, fetch, now)
+            for sid in fetch:
+                cabs = set(world.station_cabinets[sid])
+                self.slots[sid] = (versions[sid], clock, [rv for rv in got if rv.cabinet_id in cabs])
         if stale:
-            fetch = [sid for sid in stale if not fresh(self.slots.get(sid), sid)]
-            if fetch:
-                got = await plan_q.station_reservations(conn, world, fetch, now)
-                for sid in fetch:
-                    cabs = set(world.station_cabinets.get(sid, []))
-                    self.slots[sid] = (versions[sid], clock, [rv for rv in got if rv.cabinet_id in cabs])
             held.state.replace_reservations(
-                [c for sid in stale for c in world.station_cabinets.get(sid, [])],
+                [c for sid in stale for c in world.station_cabinets[sid]],
                 [rv for sid in stale for rv in self.slots[sid][2]],
             )
             for sid in stale:
@@ -329,6 +330,7 @@ class _Placed:
     insertion: Insertion
     total: int
     code: str = ""
+    out: dict[str, Any] = field(default_factory=dict)  # the 201 answer, once its code is drawn
 
 
 async def _place_batch(
@@ -422,16 +424,11 @@ async def _place_batch_once(
                 kitchen_id, held, held.version + (1 if placed else 0), read, written, added, world
             )
         for pl in placed:
-            pl.pending.resolve((201, _placed_out(spec, kitchen_id, pl)))
+            pl.pending.resolve((201, pl.out))
     if rejected:
         # alternatives are dry runs that read other kitchens' plans: the next batch need not wait
-        task = asyncio.create_task(_refuse(ctx, world, state, rejected, now))
-        _REFUSING.add(task)
-        task.add_done_callback(_REFUSING.discard)
+        ctx.placements.later(_refuse(ctx, world, state, rejected, now))
     return again
-
-
-_REFUSING: set[asyncio.Task[None]] = set()
 
 
 async def _refuse(
@@ -481,6 +478,7 @@ async def _store_placements(
     rows = []
     for pl in placed:
         ins, req = pl.insertion, pl.pending.item
+        pl.out = _placed_out(spec, kitchen_id, pl)
         cabinet = ins.reservations[0].cabinet_id
         rows.append(
             (
@@ -529,7 +527,7 @@ async def _store_placements(
                     pl.pending.item.principal.subject,
                     pl.pending.item.idem_key,
                     pl.pending.item.request_hash,
-                    _placed_out(spec, kitchen_id, pl),
+                    pl.out,
                 )
                 for pl in keyed
             ],
@@ -600,7 +598,7 @@ async def alternatives(
             continue
         if not all(s in k.menu for s in order.items):
             continue
-        st = await plan_q.load_state(conn, world, kid, order.station_id, now)
+        st = await plan_q.load_state(conn, world, kid, [order.station_id], now)
         o = OrderReq(order.id, kid, order.station_id, order.eta, order.items)
         if fits(st, o):
             out.append(Alternative(station_id=o.station_id, kitchen_id=kid, eta=from_minute(o.eta)))
@@ -608,7 +606,7 @@ async def alternatives(
     if own is not None:
         others = sorted((t, s) for s, t in own.travel.items() if s != order.station_id)
         for _, sid in others[:3]:
-            st = await plan_q.load_state(conn, world, order.kitchen_id, sid, now)
+            st = await plan_q.load_state(conn, world, order.kitchen_id, [sid], now)
             o = OrderReq(order.id, order.kitchen_id, sid, order.eta, order.items)
             if fits(st, o):
                 out.append(Alternative(station_id=sid, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
@@ -677,26 +675,35 @@ async def get_order(ctx: Ctx, principal: Principal, order_id: str) -> OrderOut:
 # --------------------------------------------------------------------------- change eta, cancel
 
 
+async def _live_order(
+    conn: asyncpg.Connection, order_id: str, principal: Principal, now: datetime
+) -> tuple[asyncpg.Record, bool]:
+    """A live order of this principal, locked (kitchen, station, row) for a change, and whether any
+    of its cooking has started."""
+    row = await _order_row(conn, order_id, principal)
+    await lock(conn, f"kitchen:{row['kitchen_id']}", f"station:{row['station_id']}")
+    row = await _order_row(conn, order_id, principal, for_update=True)
+    if row["status"] not in LIVE:
+        raise Problem(409, "not-live", f"order {order_id} is already {row['status']}")
+    started = await conn.fetchval(
+        """select exists (select 1 from task_units u join tasks t on t.id = u.task_id
+                           where u.order_id = $1 and (t.status = 'done' or t.start_at <= $2))""",
+        order_id,
+        now,
+    )
+    return row, bool(started)
+
+
 async def change_eta(ctx: Ctx, principal: Principal, order_id: str, eta: datetime) -> OrderOut:
     now = ctx.clock.now()
     settings = ctx.planner
     async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await _order_row(conn, order_id, principal)
-        await lock(conn, f"kitchen:{row['kitchen_id']}", f"station:{row['station_id']}")
-        row = await _order_row(conn, order_id, principal, for_update=True)
-        if row["status"] not in LIVE:
-            raise Problem(409, "not-live", f"order {order_id} is {row['status']}")
+        row, started = await _live_order(conn, order_id, principal, now)
         _spec, world = await ctx.worlds.get(conn)
-        started = await conn.fetchval(
-            """select count(*) from task_units u join tasks t on t.id = u.task_id
-                where u.order_id = $1 and (t.status = 'done' or t.start_at <= $2)""",
-            order_id,
-            now,
-        )
         new_eta = to_minute(eta)
         if row["status"] == "confirmed" and not started:
             await plan_q.release_order(conn, order_id, row["kitchen_id"], now)
-            state = await plan_q.load_state(conn, world, row["kitchen_id"], row["station_id"], now)
+            state = await plan_q.load_state(conn, world, row["kitchen_id"], [row["station_id"]], now)
             items = {i["sku"]: i["qty"] for i in row["items"]}
             order = OrderReq(
                 order_id, row["kitchen_id"], row["station_id"], new_eta, items, row["cabinet_id"]
@@ -779,17 +786,7 @@ async def change_eta(ctx: Ctx, principal: Principal, order_id: str, eta: datetim
 async def cancel(ctx: Ctx, principal: Principal, order_id: str) -> OrderOut:
     now = ctx.clock.now()
     async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await _order_row(conn, order_id, principal)
-        await lock(conn, f"kitchen:{row['kitchen_id']}", f"station:{row['station_id']}")
-        row = await _order_row(conn, order_id, principal, for_update=True)
-        if row["status"] not in LIVE:
-            raise Problem(409, "not-live", f"order {order_id} is already {row['status']}")
-        started = await conn.fetchval(
-            """select count(*) from task_units u join tasks t on t.id = u.task_id
-                where u.order_id = $1 and (t.status = 'done' or t.start_at <= $2)""",
-            order_id,
-            now,
-        )
+        row, started = await _live_order(conn, order_id, principal, now)
         if row["status"] in ("on_the_way", "in_cabinet"):
             refund, rule = 0, "the food has left the kitchen"
         elif started or row["status"] == "cooking":

@@ -178,6 +178,9 @@ async def test_unknown_sku_station_or_kitchen_are_invalid(tiny: Client) -> None:
     assert status == 409 and body["reason"] == "invalid"
     status, body = await place(tiny, station_id="nowhere")
     assert status == 409 and body["reason"] == "invalid"
+    from service.api.keys import CTX
+
+    assert "nowhere" not in tiny.app[CTX].plans.slots  # requests cannot grow the cache
     status, body = await place(tiny, kitchen_id="nowhere")  # found by schemathesis: was a 500
     assert status == 409 and body["reason"] == "invalid"
 
@@ -574,7 +577,7 @@ async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Clien
                 "select slot_version from stations where id = 's03'"
             )
             _, world = await ctx.worlds.get(conn)
-            fresh = await load_state(conn, world, "k-dawn", "s03", demo.clock.now())
+            fresh = await load_state(conn, world, "k-dawn", ["s03"], demo.clock.now())
 
             def shape(st, world=world):  # type: ignore[no-untyped-def]
                 return (

@@ -127,13 +127,12 @@ async def _live_orders(conn: asyncpg.Connection, kitchen_ids: list[str]) -> dict
     }
 
 
-def _cabinets(world: World, station_ids: str | list[str]) -> list[str]:
-    ids = [station_ids] if isinstance(station_ids, str) else station_ids
-    return sorted({c for s in ids for c in world.station_cabinets.get(s, [])})
+def _cabinets(world: World, station_ids: list[str]) -> list[str]:
+    return sorted({c for s in station_ids for c in world.station_cabinets.get(s, [])})
 
 
 async def load_state(
-    conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: str | list[str], now: datetime
+    conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: list[str], now: datetime
 ) -> PlanState:
     """What admission needs: the kitchen's work still ahead and the stations' slot time."""
     state = PlanState(world)
@@ -148,7 +147,7 @@ async def load_state(
 
 
 async def station_reservations(
-    conn: asyncpg.Connection, world: World, station_ids: str | list[str], now: datetime
+    conn: asyncpg.Connection, world: World, station_ids: list[str], now: datetime
 ) -> list[Reservation]:
     return await _reservations(conn, _cabinets(world, station_ids), now)
 

@@ -1,0 +1,50 @@
+"""Group commit: what arrives during a batch goes in the next one; closing answers everyone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.batching import Batcher, Pending
+
+
+async def test_requests_arriving_during_a_batch_go_together_in_the_next() -> None:
+    seen: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def handle(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
+        seen.append([p.item for p in batch])
+        if len(seen) == 1:
+            await gate.wait()
+        for p in batch:
+            p.resolve(p.item * 10)
+        return []
+
+    b: Batcher[int] = Batcher(handle)
+    first = asyncio.create_task(b.submit("k", 1))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(b.submit("k", i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
+    assert seen == [[1], [2, 3, 4]]
+
+
+async def test_closing_answers_requests_still_waiting() -> None:
+    started = asyncio.Event()
+
+    async def handle(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
+        started.set()
+        await asyncio.Event().wait()  # never finishes by itself
+        return []
+
+    b: Batcher[int] = Batcher(handle)
+    running = asyncio.create_task(b.submit("k", 1))
+    await started.wait()
+    waiting = asyncio.create_task(b.submit("k", 2))
+    await asyncio.sleep(0)
+    await b.close()
+    for task in (running, waiting):
+        with pytest.raises(RuntimeError, match="stopping"):
+            await asyncio.wait_for(task, 2)
