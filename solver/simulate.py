@@ -114,15 +114,18 @@ def simulate(
 
         optimizer = Optimizer(world, settings, seed=cfg.seed)
     repair_spent = 0.0
-    consolidated: dict[str, int] = {}  # kitchen -> its task count when last consolidated
+    unmerged: set[str] = set()  # kitchens whose plan changed since their last consolidation
     for i, so in enumerate(queue):
         now = so.placed_at
         if optimizer is not None and now >= next_reopt:
             for kid in sorted(changed):
                 stats["consolidated_batches"] += consolidate(state, kid, now, settings)
+                unmerged.discard(kid)
                 rep = optimizer.reoptimize(state, kid, now, cfg.reopt_seconds)
                 stats["reopt_runs"] += 1
                 stats["reopt_improved"] += int(rep.improved)
+                if rep.improved:
+                    unmerged.add(kid)
                 stats["reopt_seconds"] += rep.seconds
             changed.clear()
             next_reopt = now + cfg.reopt_every
@@ -142,16 +145,17 @@ def simulate(
             optimizer is not None
             and isinstance(res, Rejection)
             and res.reason == "no-kitchen-capacity"
-            and consolidated.get(order.kitchen_id) != len(state.plan.tasks)
+            and order.kitchen_id in unmerged
         ):
             # free equipment time by merging batches, then try first fit again
             stats["consolidated_batches"] += consolidate(state, order.kitchen_id, now, settings)
-            consolidated[order.kitchen_id] = len(state.plan.tasks)
+            unmerged.discard(order.kitchen_id)
             res = admit(world, state, order, now, settings, new_id)
             stats["consolidation_wins"] += int(isinstance(res, Insertion))
         if isinstance(res, Insertion):
             state.apply(res)
             changed.add(order.kitchen_id)
+            unmerged.add(order.kitchen_id)
             outcomes[so.id] = Outcome(so, "confirmed", cabinet_id=order.cabinet_id or "")
         elif optimizer is not None and res.reason.startswith("no-") and repair_spent < budget:
             stats["repairs_tried"] += 1
@@ -161,6 +165,7 @@ def simulate(
             if won:
                 stats["repairs_won"] += 1
                 changed.add(order.kitchen_id)
+                unmerged.add(order.kitchen_id)
                 outcomes[so.id] = Outcome(so, "confirmed", cabinet_id=order.cabinet_id or "")
             else:
                 outcomes[so.id] = Outcome(so, "rejected", res.reason)
