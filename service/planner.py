@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from db.queries.plans import load_kitchen_plan, write_replan
 from solver.check import check
-from solver.consolidate import consolidate
+from solver.consolidate import consolidate, shift_earlier
 from solver.model import from_minute, to_minute_ceil
 from solver.optimize import Optimizer, ReoptReport
 
@@ -63,8 +63,10 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
     old_deposit = {oid: state.plan.runs[state.run_of[oid]].arrive for oid in ids}
 
     def solve() -> tuple[int, ReoptReport]:
-        # merge batches first (fast, frees equipment time), then CP-SAT over what is left
+        # merge batches and use idle equipment time now (fast, frees time at the rush for orders
+        # yet to come), then CP-SAT over what is left
         merged = consolidate(state, kitchen_id, now_m, ctx.planner, only=set(ids))
+        merged += shift_earlier(state, kitchen_id, now_m, ctx.planner, only=set(ids))
         if merged and check(world, state.plan, ctx.planner, partial=True):
             raise RuntimeError("consolidation broke a rule")  # never expected; the plan stays
         return merged, opt.reoptimize(state, kitchen_id, now_m, seconds, 6 * 60, 300)

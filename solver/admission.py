@@ -102,6 +102,29 @@ def latest_fit(
     return None
 
 
+def _first_conflict(base: Usage, s: int, e: int, cap: int) -> int | None:
+    bm = base.m
+    for t in range(s, e):
+        if bm.get(t, 0) >= cap:
+            return t
+    return None
+
+
+def earliest_fit(
+    base: Usage, cap: int, minutes: int, lo: int, end_by: int, windows: Iterable[tuple[int, int]]
+) -> int | None:
+    """Earliest start s >= lo with s + minutes <= end_by, inside one window, one unit free."""
+    for w0, w1 in sorted(windows):
+        s = max(lo, w0)
+        last = min(end_by, w1) - minutes
+        while s <= last:
+            t = _first_conflict(base, s, s + minutes, cap)
+            if t is None:
+                return s
+            s = t + 1
+    return None
+
+
 class SlotBook:
     """The parcels one slot holds, as sorted half-open intervals that do not overlap."""
 

@@ -1,7 +1,13 @@
-"""Batch consolidation: move an order's units out of a batch into another batch of the same step
-that has room and whose timing still suits them, so that an emptied batch gives its equipment time
-back. Pure Python and fast: the planner runs it before CP-SAT, and before giving up on an order
-that first fit could not place.
+"""Batch consolidation and early work. ``consolidate`` moves an order's units out of a batch into
+another batch of the same step that has room and whose timing still suits them, so that an emptied
+batch gives its equipment time back. Both are pure Python and fast: the planner runs them before
+CP-SAT, and before giving up on an order that first fit could not place.
+
+``shift_earlier`` then moves not-started batches earlier, into equipment time that would
+otherwise pass idle, so that time at the rush stays free for orders placed during the ride (which
+cannot start before they are placed). It moves prep work only: packing, runs and slots keep their
+times, so no deposit and no hold changes; food moved earlier keeps ``Settings.keep_fresh`` minutes
+past the end of its slot time for commuters who come late.
 
 Only work that has not started moves. An order's units move only to a batch that ends before the
 order's next step (or its packing, or its run) starts, starts after its previous step ends, and
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .admission import PlanState
+from .admission import PlanState, earliest_fit
 from .model import Settings, Task
 
 
@@ -96,3 +102,49 @@ def _window(state: PlanState, oid: str, sku: str, step: int, settings: Settings)
         )
         fresh_end = slot_end - item.max_hold
     return lo_start, hi_end, fresh_end
+
+
+def shift_earlier(
+    state: PlanState,
+    kitchen_id: str,
+    now: int,
+    settings: Settings,
+    only: set[str] | None = None,
+) -> int:
+    """Move not-started batches as early as their machine, their orders' earlier steps and
+    freshness (``settings.keep_fresh`` past the end of slot time) allow, earliest first, so
+    equipment time that would pass idle now is used and later time is left for orders yet to come.
+    Packing, runs and slots do not move: nobody's hold or deposit changes. Returns how many moved."""
+    ks = state.kitchens[kitchen_id]
+    k = ks.view
+    plan = state.plan
+    tasks = sorted(
+        (t for t in plan.tasks.values() if t.kitchen_id == kitchen_id and t.kind == "prep"),
+        key=lambda t: (t.start, t.id),
+    )
+    moved = 0
+    for t in tasks:
+        if t.frozen or t.start <= now + 1 or (only is not None and not only.issuperset(t.units)):
+            continue
+        sku, step = t.sku or "", t.step or 1
+        lo_start = now + 1
+        lo_end = -(10**9)
+        for oid in t.units:
+            ls, _, fresh_end = _window(state, oid, sku, step, settings)
+            lo_start = max(lo_start, ls)
+            if step == len(k.menu[sku].steps):
+                lo_end = max(lo_end, fresh_end + settings.keep_fresh)
+        minutes = t.end - t.start
+        lo = max(lo_start, lo_end - minutes)
+        if lo >= t.start:
+            continue
+        usage = ks.usage[t.resource]
+        usage.add(t.start, t.end, -1)
+        s = earliest_fit(usage, k.capacity[t.resource], minutes, lo, t.end, k.windows(lo, t.end))
+        if s is None or s >= t.start:
+            usage.add(t.start, t.end)
+            continue
+        t.start, t.end = s, s + minutes
+        usage.add(t.start, t.end)
+        moved += 1
+    return moved

@@ -19,7 +19,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
-from .consolidate import consolidate
+from .consolidate import consolidate, shift_earlier
 from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World
 
 
@@ -120,6 +120,7 @@ def simulate(
         if optimizer is not None and now >= next_reopt:
             for kid in sorted(changed):
                 stats["consolidated_batches"] += consolidate(state, kid, now, settings)
+                stats["batches_made_earlier"] += shift_earlier(state, kid, now, settings)
                 unmerged.discard(kid)
                 rep = optimizer.reoptimize(state, kid, now, cfg.reopt_seconds)
                 stats["reopt_runs"] += 1
@@ -147,8 +148,9 @@ def simulate(
             and res.reason == "no-kitchen-capacity"
             and order.kitchen_id in unmerged
         ):
-            # free equipment time by merging batches, then try first fit again
+            # free equipment time by merging batches and using idle time now, then first fit again
             stats["consolidated_batches"] += consolidate(state, order.kitchen_id, now, settings)
+            stats["batches_made_earlier"] += shift_earlier(state, order.kitchen_id, now, settings)
             unmerged.discard(order.kitchen_id)
             res = admit(world, state, order, now, settings, new_id)
             stats["consolidation_wins"] += int(isinstance(res, Insertion))

@@ -139,3 +139,27 @@ async def test_planner_merges_steamer_batches_and_the_stored_plan_checks(demo: C
         assert set(plan.orders) == {late["id"], early["id"]}
     finally:
         await conn.close()
+
+
+async def test_planner_moves_long_keeping_work_into_idle_time_and_keeps_deposits(demo: Client) -> None:
+    """Soy milk keeps for hours: the planner makes it now, while the counter is idle, instead of just
+    before its run (leaving rush-hour time to orders placed during the ride); the two batches may
+    also merge into one. Deposits stay put."""
+    a = await _place(demo, "a", "s03", 150)
+    b = await _place(demo, "b", "s03", 120)
+    conn = await demo.conn()
+    try:
+        prep = "select id, start_at from tasks where kitchen_id = 'k-dawn' and kind = 'prep' order by id"
+        before = {r["id"]: r["start_at"] for r in await conn.fetch(prep)}
+        deposits = [r["depart_at"] for r in await _runs(demo)]
+        out = await replan_kitchen(demo.app[CTX], "k-dawn", 2.0)
+        assert out.result == "committed", out
+        after = await conn.fetch(prep)
+        assert after and max(r["start_at"] for r in after) < min(before.values())
+        assert [r["depart_at"] for r in await _runs(demo)] == deposits
+        _, world = await WorldCache().get(conn)
+        plan = await load_plan(conn, world, ["k-dawn"])
+        assert check(world, plan, PlannerSettings()) == []
+        assert set(plan.orders) == {a["id"], b["id"]}
+    finally:
+        await conn.close()

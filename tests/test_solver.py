@@ -130,6 +130,43 @@ def test_consolidation_merges_a_later_batch_into_an_earlier_one_that_keeps_it_fr
     assert consolidate(state, "bakery", now, S) == 0
 
 
+def test_shift_earlier_uses_idle_oven_time_so_a_later_order_fits() -> None:
+    """A loaf ordered the night before is baked as late as it can be, right where a commuter's
+    croissant must go. Moved earlier (it keeps for hours), the oven is free for the croissant; the
+    loaf's packing, run and slot do not move, and the plan still checks."""
+    from solver.consolidate import shift_earlier
+
+    w = world()
+    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=2)
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    now = eta - 150
+    bread = admit(w, state, OrderReq("loaf", "bakery", "south", eta, {"bread": 1}), now, S, new_id)
+    assert isinstance(bread, Insertion)
+    state.apply(bread)
+    oven = next(t for t in state.plan.tasks.values() if t.resource == "oven")
+    before = (oven.start, oven.end)
+    deposit = state.plan.runs[state.run_of["loaf"]].arrive
+    ride = OrderReq("ride", "bakery", "north", eta, {"croissant": 1})
+    refused = admit(w, state, ride, eta - 40, S, new_id)
+    assert isinstance(refused, Rejection) and refused.reason == "no-kitchen-capacity"
+    assert shift_earlier(state, "bakery", now, S) == 1
+    assert now < oven.start < before[0] and oven.end - oven.start == before[1] - before[0]
+    assert state.plan.runs[state.run_of["loaf"]].arrive == deposit
+    assert check(w, state.plan, S) == []
+    fits = admit(w, state, ride, eta - 40, S, new_id)
+    assert isinstance(fits, Insertion)
+    state.apply(fits)
+    assert check(w, state.plan, S) == []
+    # started work never moves; once moved, nothing is left to move
+    started = (oven.start, oven.end)
+    shift_earlier(state, "bakery", oven.start, S)
+    assert (oven.start, oven.end) == started
+    assert shift_earlier(state, "bakery", oven.start, S) == 0
+    assert check(w, state.plan, S) == []
+
+
 def test_rejects_with_reasons() -> None:
     w = world()
     state = PlanState(w)
