@@ -347,7 +347,7 @@ class Settings:
     grace: int = 10
     margin: int = 3
     search_minutes: int = 90
-    join_window: int = 4  # join a courier run arriving up to this long before the target
+    join_window: int = 8  # join a courier run arriving up to this long before the target
     # work moved earlier (to use equipment time now) stays fresh this long past eta plus grace,
     # for commuters who come late
     keep_fresh: int = 10
