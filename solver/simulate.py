@@ -4,8 +4,9 @@ the service runs. Pure: orders come in as data, results go out as data; files ar
 Policies:
 
 * ``greedy``: first-fit insertion only, never re-planned, deposits as late as it can (at eta);
-* ``optimized``: the same admission with a deposit margin, plus a bounded CP-SAT repair when
-  first fit finds no room and background re-optimization of each kitchen every few minutes.
+* ``optimized``: the same admission with a deposit margin; when first fit finds no kitchen room,
+  batch consolidation and early work (``solver.consolidate``) and then a bounded CP-SAT repair; and
+  every few virtual minutes, per kitchen, the same two passes followed by CP-SAT re-optimization.
 """
 
 from __future__ import annotations
