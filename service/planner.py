@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from db.queries.plans import load_kitchen_plan, write_replan
 from solver.check import check
-from solver.consolidate import consolidate, shift_earlier
+from solver.consolidate import make_room
 from solver.model import from_minute, to_minute_ceil
 from solver.optimize import Optimizer, ReoptReport
 
@@ -65,21 +65,20 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
     def solve() -> tuple[int, ReoptReport]:
         # merge batches and use idle equipment time now (fast, frees time at the rush for orders
         # yet to come), then CP-SAT over what is left
-        merged = consolidate(state, kitchen_id, now_m, ctx.planner, only=set(ids))
-        merged += shift_earlier(state, kitchen_id, now_m, ctx.planner, only=set(ids))
-        if merged and check(world, state.plan, ctx.planner, partial=True):
-            raise RuntimeError("consolidation broke a rule")  # never expected; the plan stays
-        return merged, opt.reoptimize(state, kitchen_id, now_m, seconds, 6 * 60, 300)
+        changed = sum(make_room(state, kitchen_id, now_m, ctx.planner, only=set(ids)))
+        if changed and check(world, state.plan, ctx.planner, partial=True):
+            raise RuntimeError("making room broke a rule")  # never expected; the plan stays
+        return changed, opt.reoptimize(state, kitchen_id, now_m, seconds, 6 * 60, 300)
 
     try:
-        merged, rep = await asyncio.to_thread(solve)
+        changed, rep = await asyncio.to_thread(solve)
     except Exception:
         log.exception("planner failed for %s; the last plan stays in force", kitchen_id)
         return Outcome(kitchen_id, "failed", len(ids), time.perf_counter() - t0)
     gap = None
     if rep.objective_after is not None and rep.bound is not None and rep.objective_after:
         gap = max(0.0, (rep.objective_after - rep.bound) / max(1.0, abs(rep.objective_after)))
-    if not rep.improved and not merged:
+    if not rep.improved and not changed:
         return Outcome(kitchen_id, "no-better", rep.orders, time.perf_counter() - t0, gap)
     stations = sorted(world.kitchens[kitchen_id].travel)
     async with ctx.pool.acquire() as conn, conn.transaction():

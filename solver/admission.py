@@ -102,14 +102,6 @@ def latest_fit(
     return None
 
 
-def _first_conflict(base: Usage, s: int, e: int, cap: int) -> int | None:
-    bm = base.m
-    for t in range(s, e):
-        if bm.get(t, 0) >= cap:
-            return t
-    return None
-
-
 def earliest_fit(
     base: Usage, cap: int, minutes: int, lo: int, end_by: int, windows: Iterable[tuple[int, int]]
 ) -> int | None:
@@ -118,10 +110,10 @@ def earliest_fit(
         s = max(lo, w0)
         last = min(end_by, w1) - minutes
         while s <= last:
-            t = _first_conflict(base, s, s + minutes, cap)
+            t = _last_conflict(base, None, s, s + minutes, cap)
             if t is None:
                 return s
-            s = t + 1
+            s = t + 1  # no start at or before the last busy minute can fit
     return None
 
 

@@ -117,11 +117,7 @@ def shift_earlier(
     Packing, runs and slots do not move: nobody's hold or deposit changes. Returns how many moved."""
     ks = state.kitchens[kitchen_id]
     k = ks.view
-    plan = state.plan
-    tasks = sorted(
-        (t for t in plan.tasks.values() if t.kitchen_id == kitchen_id and t.kind == "prep"),
-        key=lambda t: (t.start, t.id),
-    )
+    tasks = sorted((t for batches in ks.batches.values() for t in batches), key=lambda t: (t.start, t.id))
     moved = 0
     for t in tasks:
         if t.frozen or t.start <= now + 1 or (only is not None and not only.issuperset(t.units)):
@@ -148,3 +144,11 @@ def shift_earlier(
         usage.add(t.start, t.end)
         moved += 1
     return moved
+
+
+def make_room(
+    state: PlanState, kitchen_id: str, now: int, settings: Settings, only: set[str] | None = None
+) -> tuple[int, int]:
+    """Both passes, in order: (batches emptied by consolidation, batches moved earlier)."""
+    merged = consolidate(state, kitchen_id, now, settings, only=only)
+    return merged, shift_earlier(state, kitchen_id, now, settings, only=only)

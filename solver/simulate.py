@@ -20,7 +20,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
-from .consolidate import consolidate, shift_earlier
+from .consolidate import make_room
 from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World
 
 
@@ -120,8 +120,7 @@ def simulate(
         now = so.placed_at
         if optimizer is not None and now >= next_reopt:
             for kid in sorted(changed):
-                stats["consolidated_batches"] += consolidate(state, kid, now, settings)
-                stats["batches_made_earlier"] += shift_earlier(state, kid, now, settings)
+                _make_room(state, kid, now, settings, stats)
                 unmerged.discard(kid)
                 rep = optimizer.reoptimize(state, kid, now, cfg.reopt_seconds)
                 stats["reopt_runs"] += 1
@@ -150,8 +149,7 @@ def simulate(
             and order.kitchen_id in unmerged
         ):
             # free equipment time by merging batches and using idle time now, then first fit again
-            stats["consolidated_batches"] += consolidate(state, order.kitchen_id, now, settings)
-            stats["batches_made_earlier"] += shift_earlier(state, order.kitchen_id, now, settings)
+            _make_room(state, order.kitchen_id, now, settings, stats)
             unmerged.discard(order.kitchen_id)
             res = admit(world, state, order, now, settings, new_id)
             stats["consolidation_wins"] += int(isinstance(res, Insertion))
@@ -182,6 +180,12 @@ def simulate(
     slots = _execute(world, plan, outcomes, settings)
     stats["wall_seconds"] = time.perf_counter() - t0
     return SimResult(plan, [outcomes[o.id] for o in orders], slots, violations, dict(stats))
+
+
+def _make_room(state: PlanState, kid: str, now: int, settings: Settings, stats: dict[str, Any]) -> None:
+    merged, earlier = make_room(state, kid, now, settings)
+    stats["consolidated_batches"] += merged
+    stats["batches_made_earlier"] += earlier
 
 
 def tasks_by_order(plan: Plan) -> dict[str, list[Task]]:

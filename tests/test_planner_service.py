@@ -151,12 +151,12 @@ async def test_planner_moves_long_keeping_work_into_idle_time_and_keeps_deposits
     try:
         prep = "select id, start_at from tasks where kitchen_id = 'k-dawn' and kind = 'prep' order by id"
         before = {r["id"]: r["start_at"] for r in await conn.fetch(prep)}
-        deposits = [r["depart_at"] for r in await _runs(demo)]
+        departures = [r["depart_at"] for r in await _runs(demo)]
         out = await replan_kitchen(demo.app[CTX], "k-dawn", 2.0)
         assert out.result == "committed", out
         after = await conn.fetch(prep)
         assert after and max(r["start_at"] for r in after) < min(before.values())
-        assert [r["depart_at"] for r in await _runs(demo)] == deposits
+        assert [r["depart_at"] for r in await _runs(demo)] == departures
         _, world = await WorldCache().get(conn)
         plan = await load_plan(conn, world, ["k-dawn"])
         assert check(world, plan, PlannerSettings()) == []
