@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from db.queries import plans as plan_q
-from db.queries.network import load_network, network_stamp
+from db.queries.network import STAMP_COLUMNS, load_network, network_stamp, stamp_of
 from solver.admission import Insertion, PlanState, Rejection, admit
 from solver.model import NetworkSpec, OrderReq, Reservation, World, from_minute, to_minute, to_minute_ceil
 from solver.model import Settings as PlannerSettings
@@ -54,18 +54,34 @@ class WorldCache:
         self._stamp: Any = None
         self._value: tuple[NetworkSpec, World] | None = None
 
-    async def get(self, conn: asyncpg.Connection) -> tuple[NetworkSpec, World]:
-        loaded, disabled = await network_stamp(conn)
+    async def get(
+        self, conn: asyncpg.Connection, stamp: tuple[datetime | None, list[tuple[str, str]]] | None = None
+    ) -> tuple[NetworkSpec, World]:
+        """The world at ``stamp`` (``network_stamp``), read now when not given."""
+        loaded, disabled = stamp if stamp is not None else await network_stamp(conn)
         if loaded is None:
             raise Problem(503, "no-network", "no network is loaded yet", headers={"Retry-After": "5"})
-        stamp = (loaded, tuple(disabled))
-        if self._value is None or stamp != self._stamp:
+        key = (loaded, tuple(disabled))
+        if self._value is None or key != self._stamp:
             got = await load_network(conn)
             assert got is not None
             spec = got[0]
             self._value = (spec, World.from_spec(spec, disabled))
-            self._stamp = stamp
+            self._stamp = key
         return self._value
+
+
+@dataclass
+class StationSlots:
+    """A station's slot time as read from the database at ``at`` (monotonic seconds), then grown by
+    this process's own commits: ``rvs[:marks[v]]`` is the slot time at slot version ``v``. A
+    kitchen's state that follows this read at version ``v`` catches up by adding ``rvs[marks[v]:]``
+    instead of rebuilding its slot books."""
+
+    version: int
+    at: float
+    rvs: list[Reservation]
+    marks: dict[int, int]
 
 
 @dataclass
@@ -76,7 +92,8 @@ class Held:
     version: int
     world: int
     state: PlanState
-    stations: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # station -> (slot version, when its slot time was read, the shared read it follows or None)
+    stations: dict[str, tuple[int, float, StationSlots | None]] = field(default_factory=dict)
 
 
 class PlanCache:
@@ -92,25 +109,26 @@ class PlanCache:
     def __init__(self, max_age: float = 10.0) -> None:
         self.max_age = max_age
         self.entries: dict[str, Held] = {}
-        self.slots: dict[str, tuple[int, float, list[Reservation]]] = {}  # station -> (version, at, rvs)
+        self.slots: dict[str, StationSlots] = {}
         self.hits = 0
         self.misses = 0
+        self.caught_up = 0  # stations brought up to date by adding what other kitchens added
+        self.rebuilt = 0  # stations whose slot time was replaced
 
     async def checkout(
-        self, conn: asyncpg.Connection, world: World, kitchen_id: str, station_ids: list[str], now: datetime
+        self,
+        conn: asyncpg.Connection,
+        world: World,
+        kitchen_id: str,
+        version: int,
+        slot_versions: dict[str, int],
+        now: datetime,
     ) -> tuple[Held, dict[str, int]]:
-        """The kitchen's state with fresh slot time at these stations, and their slot versions; the
-        entry leaves the cache until ``checkin``. Ids that are not stations are left out (orders for
-        them are refused as invalid) so that requests cannot grow the cache."""
-        station_ids = [sid for sid in station_ids if sid in world.station_cabinets]
-        row = await conn.fetchrow(
-            """select (select plan_version from kitchens where id = $1) as version,
-                      coalesce((select jsonb_object_agg(id, slot_version) from stations
-                                 where id = any($2::text[])), '{}') as slots""",
-            kitchen_id,
-            station_ids,
-        )
-        version, versions = row["version"], {sid: row["slots"].get(sid, 0) for sid in station_ids}
+        """The kitchen's state at plan ``version`` with fresh slot time at the stations of
+        ``slot_versions`` (read under the locks, with ``VERSIONS_COLUMNS``), and those versions;
+        the entry leaves the cache until ``checkin``. Ids that are not stations are left out (orders
+        for them are refused as invalid) so that requests cannot grow the cache."""
+        versions = {sid: v for sid, v in slot_versions.items() if sid in world.station_cabinets}
         held = self.entries.pop(kitchen_id, None)
         if held is None or held.version != version or held.world != id(world):
             self.misses += 1
@@ -119,24 +137,35 @@ class PlanCache:
             self.hits += 1
         clock = time.monotonic()
 
-        def fresh(sid: str, entry: tuple[int, float, Any] | tuple[int, float] | None) -> bool:
+        def fresh(entry: StationSlots | tuple[int, float, Any] | None, sid: str) -> bool:
             # read at the station's current slot version, and not too long ago
+            if isinstance(entry, StationSlots):
+                return entry.version == versions[sid] and clock - entry.at <= self.max_age
             return entry is not None and entry[0] == versions[sid] and clock - entry[1] <= self.max_age
 
-        stale = [sid for sid in station_ids if not fresh(sid, held.stations.get(sid))]
-        fetch = [sid for sid in stale if not fresh(sid, self.slots.get(sid))]
+        stale = [sid for sid in sorted(versions) if not fresh(held.stations.get(sid), sid)]
+        fetch = [sid for sid in stale if not fresh(self.slots.get(sid), sid)]
         if fetch:
             got = await plan_q.station_reservations(conn, world, fetch, now)
             for sid in fetch:
                 cabs = set(world.station_cabinets[sid])
-                self.slots[sid] = (versions[sid], clock, [rv for rv in got if rv.cabinet_id in cabs])
-        if stale:
+                rvs = [rv for rv in got if rv.cabinet_id in cabs]
+                self.slots[sid] = StationSlots(versions[sid], clock, rvs, {versions[sid]: len(rvs)})
+        rebuild = []
+        for sid in stale:
+            entry, mine = self.slots[sid], held.stations.get(sid)
+            if mine is not None and mine[2] is entry and mine[0] in entry.marks:
+                held.state.add_reservations(entry.rvs[entry.marks[mine[0]] :])
+                self.caught_up += 1
+            else:
+                rebuild.append(sid)
+            held.stations[sid] = (versions[sid], entry.at, entry)
+        if rebuild:
+            self.rebuilt += len(rebuild)
             held.state.replace_reservations(
-                [c for sid in stale for c in world.station_cabinets[sid]],
-                [rv for sid in stale for rv in self.slots[sid][2]],
+                [c for sid in rebuild for c in world.station_cabinets[sid]],
+                [rv for sid in rebuild for rv in self.slots[sid].rvs],
             )
-            for sid in stale:
-                held.stations[sid] = (versions[sid], self.slots[sid][1])
         return held, versions
 
     def checkin(
@@ -155,22 +184,32 @@ class PlanCache:
         held.version = version
         for sid, new in written.items():
             exact = new == read.get(sid, -1) + 1
-            if exact and sid in held.stations:
-                held.stations[sid] = (new, held.stations[sid][1])
-            else:
-                held.stations.pop(sid, None)
             entry = self.slots.get(sid)
-            if exact and entry is not None and entry[0] == read[sid]:
+            grown = exact and entry is not None and entry.version == read[sid]
+            if grown and entry is not None:
                 cabs = set(world.station_cabinets.get(sid, []))
-                self.slots[sid] = (new, entry[1], entry[2] + [rv for rv in added if rv.cabinet_id in cabs])
+                entry.rvs.extend(rv for rv in added if rv.cabinet_id in cabs)
+                entry.version = new
+                entry.marks[new] = len(entry.rvs)
             else:
                 self.slots.pop(sid, None)
+            mine = held.stations.get(sid)
+            if exact and mine is not None:
+                held.stations[sid] = (new, mine[1], entry if grown and mine[2] is entry else None)
+            else:
+                held.stations.pop(sid, None)
         self.entries[kitchen_id] = held
 
     def forget(self, kitchen_id: str, station_ids: Iterable[str] = ()) -> None:
         self.entries.pop(kitchen_id, None)
         for sid in station_ids:
             self.slots.pop(sid, None)
+
+
+# A kitchen's plan version ($1) and the slot versions of some stations ($2), for ``checkout``.
+VERSIONS_COLUMNS = """(select plan_version from kitchens where id = $1) as version,
+       coalesce((select jsonb_object_agg(id, slot_version) from stations
+                  where id = any($2::text[])), '{}') as slots"""
 
 
 class RateLimiter:
@@ -240,11 +279,6 @@ async def emit(
 ) -> None:
     """Record a timeline event and tell every instance (NOTIFY is sent on commit): one round trip."""
     await conn.execute(EMIT_SQL, order_id, kind, data or {}, at, NOTIFY_CHANNEL)
-
-
-async def emit_many(conn: asyncpg.Connection, events: list[tuple[str, str, dict[str, Any]]]) -> None:
-    """``emit`` for (order id, kind, data) each, pipelined."""
-    await conn.executemany(EMIT_SQL, [(oid, kind, data, None, NOTIFY_CHANNEL) for oid, kind, data in events])
 
 
 def _item_lines(spec: NetworkSpec, kitchen_id: str, items: dict[str, int]) -> list[OrderItemOut]:
@@ -330,6 +364,7 @@ class _Placed:
     insertion: Insertion
     total: int
     code: str = ""
+    code_hash: bytes = b""
     out: dict[str, Any] = field(default_factory=dict)  # the 201 answer, once its code is drawn
 
 
@@ -376,31 +411,40 @@ async def _place_batch_once(
                 f"kitchen:{kitchen_id}",
                 *[f"station:{s}" for s in stations],
             )
-            if keyed:
-                for row in await conn.fetch(
-                    """select commuter_id, key, request_hash, status, response from idempotency_keys
-                        where (commuter_id, key) in (select * from unnest($1::text[], $2::text[]))""",
-                    [s for s, _ in keyed],
-                    [k for _, k in keyed],
-                ):
-                    p = keyed[(row["commuter_id"], row["key"])]
-                    if row["request_hash"] != p.item.request_hash:
-                        p.fail(
-                            Problem(
-                                422,
-                                "idempotency-key-reused",
-                                "this Idempotency-Key was used with a different request",
-                            )
+            row = await conn.fetchrow(
+                f"""select {STAMP_COLUMNS}, {VERSIONS_COLUMNS},
+                       (select coalesce(jsonb_agg(jsonb_build_object('commuter_id', commuter_id,
+                                   'key', key, 'request_hash', request_hash, 'status', status,
+                                   'response', response)), '[]')
+                          from idempotency_keys
+                         where (commuter_id, key) in (select * from unnest($3::text[], $4::text[])))
+                       as idem""",
+                kitchen_id,
+                stations,
+                [s for s, _ in keyed],
+                [k for _, k in keyed],
+            )
+            for done in row["idem"]:
+                p = keyed[(done["commuter_id"], done["key"])]
+                if done["request_hash"] != p.item.request_hash:
+                    p.fail(
+                        Problem(
+                            422,
+                            "idempotency-key-reused",
+                            "this Idempotency-Key was used with a different request",
                         )
-                    else:
-                        p.resolve((row["status"], row["response"]))
-                work = [p for p in work if p.open]
-            spec, world = await ctx.worlds.get(conn)
+                    )
+                else:
+                    p.resolve((done["status"], done["response"]))
+            work = [p for p in work if p.open]
+            spec, world = await ctx.worlds.get(conn, stamp_of(row))
             held: Held | None = None
             read: dict[str, int] = {}
             state = PlanState(world)  # an unknown kitchen: every order is refused as invalid
-            if kitchen_id in world.kitchens:
-                held, read = await ctx.plans.checkout(conn, world, kitchen_id, stations, now)
+            if kitchen_id in world.kitchens and row["version"] is not None:
+                held, read = await ctx.plans.checkout(
+                    conn, world, kitchen_id, row["version"], row["slots"], now
+                )
                 state = held.state
             for p in work:
                 body = p.item.body
@@ -416,7 +460,6 @@ async def _place_batch_once(
                 )
             written: dict[str, int] = {}
             if placed:
-                await _draw_codes(ctx, conn, placed)
                 written = await _store_placements(ctx, conn, kitchen_id, placed, spec)
         added = [rv for pl in placed for rv in pl.insertion.reservations]
         if held is not None:
@@ -471,103 +514,110 @@ def _placed_out(spec: NetworkSpec, kitchen_id: str, pl: _Placed) -> dict[str, An
     ).model_dump(mode="json")
 
 
+# One statement stores a batch of placements: orders, plan rows (``PLAN_WRITES``), timeline events
+# (each NOTIFYed on commit, in event order), idempotency keys and the kitchen's plan version. It
+# writes nothing when one of the drawn pickup codes is already live at its cabinet, and returns
+# those codes (``clash``) to be drawn again.
+PLACE_SQL = f"""
+with new_orders as (
+        select * from unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
+                             $34::timestamptz[], $35::text[], $36::int[], $37::bytea[], $38::text[],
+                             $39::timestamptz[], $40::text[])
+             as n(id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items, total_cents,
+                  code_hash, code_sealed, ready_at, placed)),
+    clash as materialized (
+        select o.code_hash from orders o
+          join new_orders n on o.cabinet_id = n.cabinet_id and o.code_hash = n.code_hash
+         where o.status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')),
+    go as materialized (select not exists (select 1 from clash) as ok),
+    orders_in as (
+        insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
+                            total_cents, status, code_hash, code_sealed, ready_at)
+        select id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items::jsonb, total_cents,
+               'confirmed', code_hash, code_sealed, ready_at
+          from new_orders where (select ok from go)),
+    {plan_q.PLAN_WRITES},
+    kitchen_bump as (
+        update kitchens set plan_version = plan_version + 1
+         where id in (select kitchen_id from new_orders) and (select ok from go)),
+    events_in as (
+        insert into order_events (order_id, kind, data)
+        select id, 'placed', placed::jsonb from new_orders where (select ok from go)
+        returning id, at, order_id),
+    keys_in as (
+        insert into idempotency_keys (commuter_id, key, request_hash, status, response)
+        select c, k, h, 201, r::jsonb
+          from unnest($41::text[], $42::text[], $43::text[], $44::text[]) as i(c, k, h, r)
+         where (select ok from go))
+select (select coalesce(array_agg(code_hash), '{{}}') from clash) as clash,
+       {plan_q.WRITTEN} as written,
+       (select count(pg_notify($45, x.payload))
+          from (select json_build_object('id', e.id, 'order_id', e.order_id, 'kind', 'placed',
+                                         'at', e.at, 'commuter_id', n.commuter_id,
+                                         'kitchen_id', n.kitchen_id, 'station_id', n.station_id,
+                                         'cabinet_id', n.cabinet_id, 'status', 'confirmed')::text as payload
+                  from events_in e join new_orders n on n.id = e.order_id order by e.id) x) as notified"""
+
+
 async def _store_placements(
     ctx: Ctx, conn: asyncpg.Connection, kitchen_id: str, placed: list[_Placed], spec: NetworkSpec
 ) -> dict[str, int]:
-    """Write a batch's orders, plan rows, events and idempotency keys; the new slot versions."""
-    rows = []
-    for pl in placed:
-        ins, req = pl.insertion, pl.pending.item
-        pl.out = _placed_out(spec, kitchen_id, pl)
-        cabinet = ins.reservations[0].cabinet_id
-        rows.append(
-            (
-                ins.order.id,
-                req.principal.subject,
-                req.body.station_id,
-                cabinet,
-                kitchen_id,
-                req.body.eta,
-                [{"sku": s, "qty": q} for s, q in req.items.items()],
-                pl.total,
-                codes.code_hash(ctx.secret, cabinet, pl.code),
-                codes.seal(ctx.secret, ins.order.id, pl.code),
-                from_minute(ins.ready),
-            )
+    """Draw each placement a pickup code, unique among the live orders of its cabinet (the keyed
+    hash covers cabinet and code) and within the batch, and write the batch (``PLACE_SQL``); the
+    new slot versions."""
+    plan_rows = plan_q.insertion_rows([pl.insertion for pl in placed])
+    events = [
+        json.dumps(
+            {
+                "deposit_at": from_minute(pl.insertion.deposit).isoformat(),
+                "slots": [r.slot for r in pl.insertion.reservations],
+            }
         )
-    await conn.executemany(
-        """insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
-                               total_cents, status, code_hash, code_sealed, ready_at)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, 'confirmed', $9, $10, $11)""",
-        rows,
-    )
-    written = await plan_q.write_insertions(conn, [pl.insertion for pl in placed])
-    await _bump(conn, kitchen_id)
-    await emit_many(
-        conn,
-        [
-            (
-                pl.insertion.order.id,
-                "placed",
-                {
-                    "deposit_at": from_minute(pl.insertion.deposit).isoformat(),
-                    "slots": [r.slot for r in pl.insertion.reservations],
-                },
-            )
-            for pl in placed
-        ],
-    )
-    keyed = [pl for pl in placed if pl.pending.item.idem_key is not None]
-    if keyed:
-        await conn.executemany(
-            """insert into idempotency_keys (commuter_id, key, request_hash, status, response)
-               values ($1, $2, $3, 201, $4)""",
-            [
-                (
-                    pl.pending.item.principal.subject,
-                    pl.pending.item.idem_key,
-                    pl.pending.item.request_hash,
-                    pl.out,
-                )
-                for pl in keyed
-            ],
-        )
-    return written
-
-
-async def _bump(conn: asyncpg.Connection, kitchen_id: str) -> None:
-    await conn.execute("update kitchens set plan_version = plan_version + 1 where id = $1", kitchen_id)
-
-
-async def _draw_codes(ctx: Ctx, conn: asyncpg.Connection, placed: list[_Placed]) -> None:
-    """A pickup code for each placement, unique among the live orders of its cabinet (the keyed
-    hash covers cabinet and code) and within the batch."""
+        for pl in placed
+    ]
     todo = list(placed)
     drawn: set[bytes] = set()
     for _ in range(50):
-        hashes = []
         for pl in todo:
             cabinet = pl.insertion.reservations[0].cabinet_id
             while True:
                 pl.code = codes.new_code()
-                h = codes.code_hash(ctx.secret, cabinet, pl.code)
-                if h not in drawn:
+                pl.code_hash = codes.code_hash(ctx.secret, cabinet, pl.code)
+                if pl.code_hash not in drawn:
                     break
-            drawn.add(h)
-            hashes.append(h)
-        clash = {
-            r["code_hash"]
-            for r in await conn.fetch(
-                """select code_hash from orders
-                    where code_hash = any($1::bytea[]) and status = any($2::text[])""",
-                hashes,
-                list(LIVE),
-            )
-        }
-        todo = [pl for pl, h in zip(todo, hashes, strict=True) if h in clash]
-        if not todo:
-            return
+            drawn.add(pl.code_hash)
+            pl.out = _placed_out(spec, kitchen_id, pl)
+        keyed = [pl for pl in placed if pl.pending.item.idem_key is not None]
+        row = await conn.fetchrow(
+            PLACE_SQL,
+            *plan_rows,
+            [pl.insertion.order.id for pl in placed],
+            [pl.pending.item.principal.subject for pl in placed],
+            [pl.pending.item.body.station_id for pl in placed],
+            [pl.insertion.reservations[0].cabinet_id for pl in placed],
+            [kitchen_id for _ in placed],
+            [pl.pending.item.body.eta for pl in placed],
+            [json.dumps([{"sku": s, "qty": q} for s, q in pl.pending.item.items.items()]) for pl in placed],
+            [pl.total for pl in placed],
+            [pl.code_hash for pl in placed],
+            [codes.seal(ctx.secret, pl.insertion.order.id, pl.code) for pl in placed],
+            [from_minute(pl.insertion.ready) for pl in placed],
+            events,
+            [pl.pending.item.principal.subject for pl in keyed],
+            [pl.pending.item.idem_key for pl in keyed],
+            [pl.pending.item.request_hash for pl in keyed],
+            [json.dumps(pl.out) for pl in keyed],
+            NOTIFY_CHANNEL,
+        )
+        clash = set(row["clash"])
+        if not clash:
+            return dict(row["written"])
+        todo = [pl for pl in placed if pl.code_hash in clash]
     raise Problem(503, "busy", "could not draw a free pickup code; try again", headers={"Retry-After": "1"})
+
+
+async def _bump(conn: asyncpg.Connection, kitchen_id: str) -> None:
+    await conn.execute("update kitchens set plan_version = plan_version + 1 where id = $1", kitchen_id)
 
 
 async def alternatives(

@@ -293,6 +293,11 @@ class PlanState:
         for rv in reservations:
             self._add_reservation(rv)
 
+    def add_reservations(self, reservations: Iterable[Reservation]) -> None:
+        """Slot time taken meanwhile by others (already in no plan of this state)."""
+        for rv in reservations:
+            self._add_reservation(rv)
+
     def replace_reservations(self, cabinets: Iterable[str], reservations: Iterable[Reservation]) -> None:
         """Replace the slot time of some cabinets; that of the others stays as it is."""
         cabs = set(cabinets)

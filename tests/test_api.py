@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from db.queries.plans import load_plan
 from service.ordering import WorldCache
 from solver.check import check
@@ -551,33 +553,36 @@ async def test_metrics_count_admissions_by_outcome_and_show_cabinets_and_pool(ti
     assert 'exitbox_http_request_seconds_count{route="/v1/orders"} 3' in text
 
 
-async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Client) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["one-kitchen", "two-kitchens-one-station"])
+async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Client, shared: bool) -> None:
+    """The cached state of a kitchen equals what the database says after each placement; with two
+    kitchens taking turns at a station they share, each catches up on the other's slot time."""
     from db.queries.plans import load_state
     from service.api.keys import CTX
 
     ctx = demo.app[CTX]
     conn = await demo.conn()
+    menus = {"k-dawn": ["bun-pork", "soy-milk"], "k-oven": ["croissant", "yogurt"]}
     try:
         for i in range(12):
+            kid = "k-oven" if shared and i % 2 else "k-dawn"
             eta = (demo.clock.now() + timedelta(minutes=100 + 7 * i)).isoformat()
             body = {
                 "station_id": "s03",
-                "kitchen_id": "k-dawn",
+                "kitchen_id": kid,
                 "eta": eta,
-                "items": [{"sku": "bun-pork", "qty": 1 + i % 2}, {"sku": "soy-milk", "qty": 1}],
+                "items": [{"sku": menus[kid][0], "qty": 1 + i % 2}, {"sku": menus[kid][1], "qty": 1}],
             }
             status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"p{i}", json=body)
             assert status == 201, resp
-            held = ctx.plans.entries["k-dawn"]
+            held = ctx.plans.entries[kid]
             cached = held.state
-            assert held.version == await conn.fetchval(
-                "select plan_version from kitchens where id = 'k-dawn'"
-            )
+            assert held.version == await conn.fetchval("select plan_version from kitchens where id = $1", kid)
             assert held.stations["s03"][0] == await conn.fetchval(
                 "select slot_version from stations where id = 's03'"
             )
             _, world = await ctx.worlds.get(conn)
-            fresh = await load_state(conn, world, "k-dawn", ["s03"], demo.clock.now())
+            fresh = await load_state(conn, world, kid, ["s03"], demo.clock.now())
 
             def shape(st, world=world):  # type: ignore[no-untyped-def]
                 return (
@@ -594,5 +599,33 @@ async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Clien
 
             assert shape(cached) == shape(fresh)
         assert ctx.plans.hits >= 10
+        if shared:  # each turn found the other kitchen's new slot time and added just that
+            assert ctx.plans.caught_up >= 9
     finally:
         await conn.close()
+
+
+async def test_a_pickup_code_live_at_the_cabinet_is_drawn_again_and_nothing_is_written_twice(
+    tiny: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch write refuses a code that is live at its cabinet as a whole; the clashing order
+    draws again and every row is written once."""
+    drawn = iter(["424242", "424242", "515151"])
+    monkeypatch.setattr("service.codes.new_code", lambda: next(drawn))
+    status, first = await place(tiny, "a", items=[{"sku": "juice", "qty": 1}])
+    assert status == 201 and first["pickup_code"] == "424242"
+    status, second = await place(tiny, "b", items=[{"sku": "juice", "qty": 1}])
+    assert status == 201, second
+    assert second["cabinet_id"] == first["cabinet_id"] and second["pickup_code"] == "515151"
+    conn = await tiny.conn()
+    try:
+        counts = await conn.fetchrow(
+            """select (select count(*) from orders) as orders,
+                      (select count(*) from order_events where kind = 'placed') as events,
+                      (select count(*) from run_orders) as seats,
+                      (select count(*) from parcels) as parcels"""
+        )
+    finally:
+        await conn.close()
+    assert dict(counts) == {"orders": 2, "events": 2, "seats": 2, "parcels": 2}
+    await assert_plan_checks(tiny)

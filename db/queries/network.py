@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -111,13 +112,18 @@ async def load_network(conn: asyncpg.Connection) -> tuple[NetworkSpec, datetime]
     return NetworkSpec.model_validate(row["doc"]), row["loaded_at"]
 
 
-async def network_stamp(conn: asyncpg.Connection) -> tuple[datetime | None, list[tuple[str, str]]]:
-    """What the world depends on: when the network was loaded, and which slots are disabled
-    (one round trip: it is read on every request)."""
-    row = await conn.fetchrow(
-        """select (select loaded_at from network where id = 1) as loaded,
-                  coalesce((select array_agg(cabinet_id || '/' || label order by cabinet_id, label)
-                              from slots where not enabled and not retired), '{}') as disabled"""
-    )
-    disabled = [tuple(x.split("/", 1)) for x in row["disabled"]]
+# What the world depends on: when the network was loaded, and which slots are disabled. Columns to
+# select (alone or beside others: it is read on every request); ``stamp_of`` reads them back.
+STAMP_COLUMNS = """(select loaded_at from network where id = 1) as loaded,
+       coalesce((select array_agg(cabinet_id || '/' || label order by cabinet_id, label)
+                   from slots where not enabled and not retired), '{}') as disabled"""
+
+
+def stamp_of(row: Any) -> tuple[datetime | None, list[tuple[str, str]]]:
+    disabled = [x.split("/", 1) for x in row["disabled"]]
     return row["loaded"], [(c, label) for c, label in disabled]
+
+
+async def network_stamp(conn: asyncpg.Connection) -> tuple[datetime | None, list[tuple[str, str]]]:
+    """``STAMP_COLUMNS`` in one round trip."""
+    return stamp_of(await conn.fetchrow(f"select {STAMP_COLUMNS}"))

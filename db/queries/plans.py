@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -88,7 +90,7 @@ async def _reservations(
              from parcels p join slots s on s.id = p.slot_id
             where s.cabinet_id = any($1::text[])
               and p.state in ('reserved', 'deposited')
-              and upper(p.during) > $2""",
+              and p.during && tstzrange($2, null, '()')""",
         cabinet_ids,
         after,
     )
@@ -172,22 +174,112 @@ async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[st
     return plan
 
 
-async def _insert_tasks(conn: asyncpg.Connection, tasks: list[Task]) -> None:
-    if tasks:
-        await conn.executemany(
-            """insert into tasks (id, kitchen_id, resource, kind, sku, step, start_at, end_at)
-               values ($1, $2, $3, $4, $5, $6, $7, $8)""",
-            [(t.id, t.kitchen_id, t.resource, t.kind, t.sku, t.step, ts(t.start), ts(t.end)) for t in tasks],
-        )
+# Plan rows are written set-based: one statement whatever their number, each table's rows passed as
+# parallel arrays. ``PLAN_WRITES`` is a list of CTEs over parameters $1..$28; it writes only when the
+# CTE ``go`` (which the statement defines before it) says ``ok``, and its CTE ``slot_bump`` returns
+# the new slot versions of the stations whose slot time it wrote. Callers hold the kitchens' and
+# those stations' advisory locks.
+PLAN_WRITES = """
+    tasks_in as (
+        insert into tasks (id, kitchen_id, resource, kind, sku, step, start_at, end_at)
+        select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                             $7::timestamptz[], $8::timestamptz[])
+         where (select ok from go)),
+    units_in as (
+        insert into task_units (task_id, order_id, units)
+        select * from unnest($9::text[], $10::text[], $11::int[]) where (select ok from go)
+        on conflict (task_id, order_id) do update
+           set units = excluded.units + case when $28 then 0 else task_units.units end),
+    runs_in as (
+        insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
+        select * from unnest($12::text[], $13::text[], $14::text[], $15::timestamptz[],
+                             $16::timestamptz[], $17::timestamptz[])
+         where (select ok from go)),
+    run_orders_in as (
+        insert into run_orders (run_id, order_id)
+        select * from unnest($18::text[], $19::text[]) where (select ok from go)),
+    parcels_in as (
+        insert into parcels (order_id, zone, size, slot_id, during, expires_at)
+        select p.order_id, p.zone, p.size, s.id, tstzrange(p.f, p.t), p.expires_at
+          from unnest($20::text[], $21::text[], $22::text[], $23::text[], $24::text[],
+                      $25::timestamptz[], $26::timestamptz[], $27::timestamptz[])
+               as p(order_id, zone, size, cabinet_id, label, f, t, expires_at)
+          join slots s on s.cabinet_id = p.cabinet_id and s.label = p.label
+         where (select ok from go)),
+    slot_bump as (
+        update stations set slot_version = slot_version + 1
+         where id in (select station_id from cabinets where id = any($23::text[])) and (select ok from go)
+        returning id, slot_version)"""
+PLAN_WRITES_PARAMS = 28
+WRITTEN = "(select coalesce(jsonb_object_agg(id, slot_version), '{}') from slot_bump)"
 
 
-async def _insert_runs(conn: asyncpg.Connection, runs: list[Run]) -> None:
-    if runs:
-        await conn.executemany(
-            """insert into runs (id, kitchen_id, station_id, depart_at, arrive_at, back_at)
-               values ($1, $2, $3, $4, $5, $6)""",
-            [(r.id, r.kitchen_id, r.station_id, ts(r.depart), ts(r.arrive), ts(r.back)) for r in runs],
-        )
+def plan_rows(
+    tasks: list[Task],
+    units: Iterable[tuple[str, str, int]],
+    runs: list[Run],
+    run_orders: Iterable[tuple[str, str]],
+    parcels: Iterable[tuple[str, list[Reservation], dict[str, int]]],
+    replace_units: bool = False,
+) -> list[Any]:
+    """The $1..$28 of ``PLAN_WRITES``: new tasks, (task, order, units) rows (added to a stored row
+    of the same pair, or replacing it), new runs, (run, order) rows, and the slot time of orders
+    (order id, its reservations, expiry minute by zone)."""
+    summed: dict[tuple[str, str], int] = {}
+    for tid, oid, n in units:
+        summed[(tid, oid)] = summed.get((tid, oid), 0) + n
+    pairs = list(run_orders)
+    rvs = [(oid, rv, expiry[rv.zone]) for oid, reservations, expiry in parcels for rv in reservations]
+    return [
+        [t.id for t in tasks],
+        [t.kitchen_id for t in tasks],
+        [t.resource for t in tasks],
+        [t.kind for t in tasks],
+        [t.sku for t in tasks],
+        [t.step for t in tasks],
+        [ts(t.start) for t in tasks],
+        [ts(t.end) for t in tasks],
+        [k[0] for k in summed],
+        [k[1] for k in summed],
+        list(summed.values()),
+        [r.id for r in runs],
+        [r.kitchen_id for r in runs],
+        [r.station_id for r in runs],
+        [ts(r.depart) for r in runs],
+        [ts(r.arrive) for r in runs],
+        [ts(r.back) for r in runs],
+        [rid for rid, _ in pairs],
+        [oid for _, oid in pairs],
+        [oid for oid, _, _ in rvs],
+        [rv.zone for _, rv, _ in rvs],
+        [rv.size for _, rv, _ in rvs],
+        [rv.cabinet_id for _, rv, _ in rvs],
+        [rv.slot for _, rv, _ in rvs],
+        [ts(rv.start) for _, rv, _ in rvs],
+        [ts(rv.end) for _, rv, _ in rvs],
+        [ts(exp) for _, _, exp in rvs],
+        replace_units,
+    ]
+
+
+def insertion_rows(insertions: list[Insertion]) -> list[Any]:
+    """``plan_rows`` of first-fit insertions, in the order they were admitted (a later one may join
+    a batch or a run an earlier one opened)."""
+    units = [(t.id, ins.order.id, t.units[ins.order.id]) for ins in insertions for t in ins.new_tasks]
+    units += [(tid, ins.order.id, n) for ins in insertions for tid, n in ins.joins.items()]
+    return plan_rows(
+        [t for ins in insertions for t in ins.new_tasks],
+        units,
+        [ins.run for ins in insertions if ins.run_is_new],
+        [(ins.run.id, ins.order.id) for ins in insertions],
+        [(ins.order.id, ins.reservations, ins.expiry) for ins in insertions],
+    )
+
+
+async def write_plan_rows(conn: asyncpg.Connection, rows: list[Any]) -> dict[str, int]:
+    """Write ``plan_rows`` in one round trip; the new slot versions of the stations written to."""
+    written = await conn.fetchval(f"with go as (select true as ok), {PLAN_WRITES} select {WRITTEN}", *rows)
+    return dict(written)
 
 
 async def bump_slot_versions(conn: asyncpg.Connection, cabinet_ids: list[str]) -> dict[str, int]:
@@ -202,47 +294,10 @@ async def bump_slot_versions(conn: asyncpg.Connection, cabinet_ids: list[str]) -
     return {r["id"]: r["slot_version"] for r in rows}
 
 
-async def _insert_parcels(
-    conn: asyncpg.Connection, parcels: list[tuple[str, list[Reservation], dict[str, int]]]
-) -> dict[str, int]:
-    """Slot time of orders: (order id, its reservations, expiry minute by zone) each; returns the
-    new slot versions of the stations written to."""
-    rows = [
-        (oid, rv.zone, rv.size, rv.cabinet_id, rv.slot, ts(rv.start), ts(rv.end), ts(expiry[rv.zone]))
-        for oid, reservations, expiry in parcels
-        for rv in reservations
-    ]
-    if rows:
-        await conn.executemany(
-            """insert into parcels (order_id, zone, size, slot_id, during, expires_at)
-               select $1, $2, $3, s.id, tstzrange($6, $7), $8
-                 from slots s where s.cabinet_id = $4 and s.label = $5""",
-            rows,
-        )
-        return await bump_slot_versions(conn, [r[3] for r in rows])
-    return {}
-
-
 async def write_insertions(conn: asyncpg.Connection, insertions: list[Insertion]) -> dict[str, int]:
-    """Store first-fit insertions, in the order they were admitted (a later one may join a batch
-    or a run an earlier one opened): a fixed number of round trips however many there are. Returns
-    the new slot versions of the stations written to."""
-    await _insert_tasks(conn, [t for ins in insertions for t in ins.new_tasks])
-    unit_rows = [(t.id, ins.order.id, t.units[ins.order.id]) for ins in insertions for t in ins.new_tasks]
-    unit_rows += [(tid, ins.order.id, n) for ins in insertions for tid, n in ins.joins.items()]
-    if unit_rows:
-        await conn.executemany(
-            """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
-               on conflict (task_id, order_id) do update set units = task_units.units + excluded.units""",
-            unit_rows,
-        )
-    await _insert_runs(conn, [ins.run for ins in insertions if ins.run_is_new])
-    if insertions:
-        await conn.executemany(
-            "insert into run_orders (run_id, order_id) values ($1, $2)",
-            [(ins.run.id, ins.order.id) for ins in insertions],
-        )
-    return await _insert_parcels(conn, [(ins.order.id, ins.reservations, ins.expiry) for ins in insertions])
+    """Store first-fit insertions in one round trip; the new slot versions of the stations written
+    to."""
+    return await write_plan_rows(conn, insertion_rows(insertions))
 
 
 async def release_order(conn: asyncpg.Connection, order_id: str, kitchen_id: str, now: datetime) -> None:
@@ -325,28 +380,25 @@ async def write_replan(
         )
     }
     touched = sorted({t for oid in moved for t in state.tasks_of.get(oid, set())})
-    await _insert_tasks(conn, [plan.tasks[tid] for tid in touched if tid not in existing])
-    await conn.executemany(
-        """insert into task_units (task_id, order_id, units) values ($1, $2, $3)
-           on conflict (task_id, order_id) do update set units = excluded.units""",
-        [(tid, oid, u) for tid in touched for oid, u in plan.tasks[tid].units.items() if oid in moved_set],
-    )
     runs = {state.run_of[oid] for oid in moved}
     have_runs = {
         r["id"] for r in await conn.fetch("select id from runs where id = any($1::text[])", sorted(runs))
     }
-    await _insert_runs(conn, [plan.runs[rid] for rid in sorted(runs) if rid not in have_runs])
-    await conn.executemany(
-        "insert into run_orders (run_id, order_id) values ($1, $2)",
-        [(rid, oid) for rid in sorted(runs) for oid in plan.runs[rid].orders if oid in moved_set],
-    )
     parcels, ready_rows = [], []
     for oid in moved:
         tasks = [plan.tasks[t] for t in state.tasks_of[oid]]
         ready, expiry = order_ready(plan, state.world, oid, tasks)
         parcels.append((oid, state.res_by_order[oid], expiry))
         ready_rows.append((oid, ts(ready)))
-    await _insert_parcels(conn, parcels)
+    rows = plan_rows(
+        [plan.tasks[tid] for tid in touched if tid not in existing],
+        [(tid, oid, u) for tid in touched for oid, u in plan.tasks[tid].units.items() if oid in moved_set],
+        [plan.runs[rid] for rid in sorted(runs) if rid not in have_runs],
+        [(rid, oid) for rid in sorted(runs) for oid in plan.runs[rid].orders if oid in moved_set],
+        parcels,
+        replace_units=True,
+    )
+    await write_plan_rows(conn, rows)
     if ready_rows:
         await conn.executemany("update orders set ready_at = $2 where id = $1", ready_rows)
 
