@@ -8,13 +8,14 @@ slot time; the exclusion constraint on parcels is the last word.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -200,6 +201,15 @@ class PlanCache:
                 held.stations.pop(sid, None)
         self.entries[kitchen_id] = held
 
+    def peek(self, kitchen_id: str, station_id: str) -> PlanState | None:
+        """A kitchen's cached state for dry runs (suggestions, never promises) at a station whose
+        slot time it read not too long ago; None when this process has none to hand."""
+        held = self.entries.get(kitchen_id)
+        mine = held.stations.get(station_id) if held is not None else None
+        if held is None or mine is None or time.monotonic() - mine[1] > self.max_age:
+            return None
+        return held.state
+
     def forget(self, kitchen_id: str, station_ids: Iterable[str] = ()) -> None:
         self.entries.pop(kitchen_id, None)
         for sid in station_ids:
@@ -256,9 +266,33 @@ def new_id(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(6)}"
 
 
+def lock_key(name: str) -> int:
+    """The advisory lock key of a name (64 bits of its BLAKE2b hash), the same in every process."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
 async def lock(conn: asyncpg.Connection, *names: str) -> None:
     """Advisory transaction locks, taken in the order given, in one round trip."""
-    await conn.execute("select pg_advisory_xact_lock(hashtext(n)) from unnest($1::text[]) as n", list(names))
+    await conn.execute(
+        "select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k", [lock_key(n) for n in names]
+    )
+
+
+@contextlib.asynccontextmanager
+async def locked_transaction(conn: asyncpg.Connection, *names: str) -> AsyncIterator[None]:
+    """A transaction that begins with ``lock(*names)``, both in one round trip (the keys are
+    integers, so the statement carries no text from outside); committed on leaving, rolled back
+    on any error."""
+    keys = ",".join(str(lock_key(n)) for n in names)
+    try:
+        await conn.execute(f"begin; select pg_advisory_xact_lock(k) from unnest('{{{keys}}}'::bigint[]) as k")
+        yield
+    except BaseException:
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(Exception):
+                await conn.execute("rollback")
+        raise
+    await conn.execute("commit")
 
 
 EMIT_SQL = """with e as (insert into order_events (order_id, kind, data, at)
@@ -404,13 +438,12 @@ async def _place_batch_once(
     placed: list[_Placed] = []
     rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection]] = []
     async with ctx.pool.acquire() as conn:
-        async with conn.transaction():
-            await lock(
-                conn,
-                *[f"idem:{s}:{k}" for s, k in sorted(keyed)],
-                f"kitchen:{kitchen_id}",
-                *[f"station:{s}" for s in stations],
-            )
+        async with locked_transaction(
+            conn,
+            *[f"idem:{s}:{k}" for s, k in sorted(keyed)],
+            f"kitchen:{kitchen_id}",
+            *[f"station:{s}" for s in stations],
+        ):
             row = await conn.fetchrow(
                 f"""select {STAMP_COLUMNS}, {VERSIONS_COLUMNS},
                        (select coalesce(jsonb_agg(jsonb_build_object('commuter_id', commuter_id,
@@ -629,7 +662,9 @@ async def alternatives(
     now: datetime,
     limit: int = 4,
 ) -> list[Alternative]:
-    """Dry runs: a later (or earlier) eta here, another kitchen at this station, another station."""
+    """Dry runs: a later (or earlier) eta here, another kitchen at this station, another station.
+    Other kitchens' and stations' states come from the plan cache when it holds them (they may be a
+    placement or two behind: an alternative is a suggestion, admission decides)."""
     out: list[Alternative] = []
     now_m = to_minute_ceil(now)
 
@@ -648,7 +683,9 @@ async def alternatives(
             continue
         if not all(s in k.menu for s in order.items):
             continue
-        st = await plan_q.load_state(conn, world, kid, [order.station_id], now)
+        st = ctx.plans.peek(kid, order.station_id) or await plan_q.load_state(
+            conn, world, kid, [order.station_id], now
+        )
         o = OrderReq(order.id, kid, order.station_id, order.eta, order.items)
         if fits(st, o):
             out.append(Alternative(station_id=o.station_id, kitchen_id=kid, eta=from_minute(o.eta)))
@@ -656,7 +693,9 @@ async def alternatives(
     if own is not None:
         others = sorted((t, s) for s, t in own.travel.items() if s != order.station_id)
         for _, sid in others[:3]:
-            st = await plan_q.load_state(conn, world, order.kitchen_id, [sid], now)
+            st = ctx.plans.peek(order.kitchen_id, sid) or await plan_q.load_state(
+                conn, world, order.kitchen_id, [sid], now
+            )
             o = OrderReq(order.id, order.kitchen_id, sid, order.eta, order.items)
             if fits(st, o):
                 out.append(Alternative(station_id=sid, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))

@@ -443,21 +443,30 @@ def _pick_slots(
     start: int,
     end: int,
 ) -> tuple[str, dict[str, SlotInfo]] | None:
+    """The first cabinet with a free slot for each parcel from ``start`` to ``end``: per parcel the
+    smallest size that holds it, then the snuggest fit (the slot whose previous parcel ends last
+    before ``start``), then the label."""
     for cab in cabinets:
         chosen: dict[str, SlotInfo] = {}
         for zone, size in parcels.items():
+            need = SIZE_RANK[size]
             best = None
-            best_key = None
-            for s in state.world.slots.get(cab, ()):
-                if s.zone != zone or SIZE_RANK[s.size] < SIZE_RANK[size]:
+            for rank, group in state.world.slots_by_size(cab, zone):
+                if rank < need:
                     continue
-                book = state.slot_busy.get((cab, s.label))
-                if book is not None and not book.free(start, end):
-                    continue
-                before = book.last_end_by(start) if book is not None else -(10**9)
-                key = (SIZE_RANK[s.size], -before, s.label)
-                if best_key is None or key < best_key:
-                    best, best_key = s, key
+                best_before = None
+                for s in group:
+                    book = state.slot_busy.get((cab, s.label))
+                    if book is None:
+                        before = -(10**9)
+                    elif not book.free(start, end):
+                        continue
+                    else:
+                        before = book.last_end_by(start)
+                    if best_before is None or before > best_before:
+                        best, best_before = s, before
+                if best is not None:
+                    break
             if best is None:
                 break
             chosen[zone] = best

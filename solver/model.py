@@ -300,6 +300,23 @@ class World:
     station_cabinets: dict[str, list[str]]
     tz: ZoneInfo
     disabled: set[tuple[str, str]] = field(default_factory=set)
+    _by_size: dict[tuple[str, str], list[tuple[int, list[SlotInfo]]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def slots_by_size(self, cabinet_id: str, zone: str) -> list[tuple[int, list[SlotInfo]]]:
+        """A cabinet's slots of one zone, grouped by size rank (smallest first), each group in label
+        order."""
+        key = (cabinet_id, zone)
+        got = self._by_size.get(key)
+        if got is None:
+            groups: dict[int, list[SlotInfo]] = {}
+            for sl in self.slots.get(cabinet_id, ()):
+                if sl.zone == zone:
+                    groups.setdefault(SIZE_RANK[sl.size], []).append(sl)
+            got = [(rank, sorted(g, key=lambda sl: sl.label)) for rank, g in sorted(groups.items())]
+            self._by_size[key] = got
+        return got
 
     @classmethod
     def from_spec(cls, spec: NetworkSpec, disabled: Iterable[tuple[str, str]] = ()) -> World:
