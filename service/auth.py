@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -48,6 +49,16 @@ def mint_token(
 
 
 def verify_token(secret: str, token: str) -> Principal:
+    """The principal of a valid, unexpired token. A token checked once is remembered (a client
+    sends the same token with every request) and only its expiry is checked again."""
+    principal, exp = _verified(secret, token)
+    if time.time() >= exp:
+        raise TokenError("the token has expired")
+    return principal
+
+
+@functools.lru_cache(maxsize=8192)
+def _verified(secret: str, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token,
@@ -64,4 +75,4 @@ def verify_token(secret: str, token: str) -> Principal:
     scope = claims.get("scope")
     if role not in ROLES or not isinstance(scope, str) or not scope:
         raise TokenError("the token has no valid role and scope")
-    return Principal(cast(Role, role), str(claims["sub"]), scope)
+    return Principal(cast(Role, role), str(claims["sub"]), scope), float(claims["exp"])

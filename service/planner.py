@@ -1,9 +1,10 @@
 """The background planner: per kitchen, snapshot -> solver.optimize -> check -> commit.
 
 It never holds a database connection while CP-SAT runs (the solve happens in a worker thread, so
-the event loop keeps answering). One planner per kitchen across every instance: a session
-advisory lock. A plan made on stale data is never committed: the kitchen's plan version must be
-the one the snapshot saw. A solve that fails, times out or crashes leaves the last plan in force.
+the event loop keeps answering). One planner per kitchen across every instance: an advisory lock
+held by an otherwise idle transaction. A plan made on stale data is never committed: the kitchen's
+plan version must be the one the snapshot saw. A solve that fails, times out or crashes leaves the
+last plan in force.
 """
 
 from __future__ import annotations
@@ -37,14 +38,13 @@ class Outcome:
 
 async def replan_kitchen(ctx: Ctx, kitchen_id: str, seconds: float = 2.0) -> Outcome:
     t0 = time.perf_counter()
-    async with ctx.pool.acquire() as guard:
-        got = await guard.fetchval("select pg_try_advisory_lock(hashtext($1))", f"planner:{kitchen_id}")
+    # the lock lives as long as this (otherwise idle) transaction: however planning ends, it is
+    # released when the transaction ends or the connection goes back to the pool
+    async with ctx.pool.acquire() as guard, guard.transaction():
+        got = await guard.fetchval("select pg_try_advisory_xact_lock(hashtext($1))", f"planner:{kitchen_id}")
         if not got:
             return Outcome(kitchen_id, "busy")
-        try:
-            return await _replan(ctx, kitchen_id, seconds, t0)
-        finally:
-            await guard.execute("select pg_advisory_unlock(hashtext($1))", f"planner:{kitchen_id}")
+        return await _replan(ctx, kitchen_id, seconds, t0)
 
 
 async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outcome:

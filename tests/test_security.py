@@ -159,3 +159,20 @@ async def test_events_stay_in_scope_and_logs_carry_no_code_or_token(
             assert secret not in text
     finally:
         await server.close()
+
+
+def test_a_remembered_token_is_still_refused_once_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens are verified once and remembered; expiry is checked on every use all the same, and a
+    token signed with another secret is never taken for a remembered one."""
+    import time
+
+    from service.auth import TokenError, mint_token, verify_token
+
+    token = mint_token(SECRET, "commuter", "ann", ttl_hours=1)
+    assert verify_token(SECRET, token).subject == "ann"
+    with pytest.raises(TokenError, match="not valid"):
+        verify_token(SECRET + "-other", token)
+    later = time.time() + 2 * 3600
+    monkeypatch.setattr("service.auth.time.time", lambda: later)
+    with pytest.raises(TokenError, match="expired"):
+        verify_token(SECRET, token)
