@@ -169,34 +169,37 @@ class PlanCache:
             )
         return held, versions
 
-    def checkin(
-        self,
-        kitchen_id: str,
-        held: Held,
-        version: int,
-        read: dict[str, int],
-        written: dict[str, int],
-        added: list[Reservation],
-        world: World,
+    def grow(
+        self, read: dict[str, int], written: dict[str, int], added: list[Reservation], world: World
     ) -> None:
-        """Back into the cache after a commit: the kitchen now at ``version``; ``written`` the new slot
-        versions of stations this commit added ``added`` to (read at ``read``). A station that moved
-        by more than this commit is forgotten."""
-        held.version = version
+        """After a commit that added ``added`` (slot time at any of its stations, in admission order)
+        and moved stations from the ``read`` slot versions to the ``written`` ones: the shared slot
+        time grows with it where it followed exactly; a station that moved by more is forgotten."""
         for sid, new in written.items():
-            exact = new == read.get(sid, -1) + 1
             entry = self.slots.get(sid)
-            grown = exact and entry is not None and entry.version == read[sid]
-            if grown and entry is not None:
+            if new == read.get(sid, -1) + 1 and entry is not None and entry.version == read[sid]:
                 cabs = set(world.station_cabinets.get(sid, []))
                 entry.rvs.extend(rv for rv in added if rv.cabinet_id in cabs)
                 entry.version = new
                 entry.marks[new] = len(entry.rvs)
             else:
                 self.slots.pop(sid, None)
+
+    def checkin(
+        self, kitchen_id: str, held: Held, version: int, read: dict[str, int], written: dict[str, int]
+    ) -> None:
+        """Back into the cache after a commit (and ``grow``): the kitchen now at ``version``. Its state
+        must hold all the slot time the commit added at the stations it read (``read``); those
+        stations are now at their ``written`` versions. Stations it did not read catch up later."""
+        held.version = version
+        for sid, new in written.items():
+            if sid not in read:
+                continue
             mine = held.stations.get(sid)
-            if exact and mine is not None:
-                held.stations[sid] = (new, mine[1], entry if grown and mine[2] is entry else None)
+            if new == read[sid] + 1 and mine is not None:
+                entry = self.slots.get(sid)
+                follows = entry is not None and mine[2] is entry and entry.version == new
+                held.stations[sid] = (new, mine[1], entry if follows else None)
             else:
                 held.stations.pop(sid, None)
         self.entries[kitchen_id] = held
@@ -216,8 +219,10 @@ class PlanCache:
             self.slots.pop(sid, None)
 
 
-# A kitchen's plan version ($1) and the slot versions of some stations ($2), for ``checkout``.
-VERSIONS_COLUMNS = """(select plan_version from kitchens where id = $1) as version,
+# The plan versions of some kitchens ($1) and the slot versions of some stations ($2), for
+# ``checkout``.
+VERSIONS_COLUMNS = """coalesce((select jsonb_object_agg(id, plan_version) from kitchens
+                  where id = any($1::text[])), '{}') as versions,
        coalesce((select jsonb_object_agg(id, slot_version) from stations
                   where id = any($2::text[])), '{}') as slots"""
 
@@ -382,13 +387,13 @@ async def place(
 ) -> tuple[int, dict[str, Any]]:
     """Confirm an order with a pickup code, or raise 409 no-capacity with alternatives.
 
-    Placements for one kitchen are written in batches (``service.batching``): the orders that
-    arrive while a batch is being written are admitted one after another, in arrival order, against
-    the same plan and stored together in the next transaction."""
+    Placements are written in batches (``service.batching``): the orders that arrive while a batch
+    is being written are admitted one after another, kitchen by kitchen in arrival order, and
+    stored together in the next transaction."""
     if idem_key is not None and not (1 <= len(idem_key) <= 128):
         raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 128 characters")
     req = PlaceRequest(principal, body, idem_key, _request_hash(principal, body), _items_of(body.items))
-    result: tuple[int, dict[str, Any]] = await ctx.placements.submit(body.kitchen_id, req)
+    result: tuple[int, dict[str, Any]] = await ctx.placements.submit("orders", req)
     return result
 
 
@@ -403,24 +408,38 @@ class _Placed:
 
 
 async def _place_batch(
-    ctx: Ctx, kitchen_id: str, batch: list[Pending[PlaceRequest]]
+    ctx: Ctx, _key: str, batch: list[Pending[PlaceRequest]]
 ) -> list[Pending[PlaceRequest]]:
     try:
-        return await _place_batch_once(ctx, kitchen_id, batch)
+        return await _place_batch_once(ctx, batch)
     except asyncpg.ExclusionViolationError:
         # cached slot time missed a change: nothing was written; forget it and read afresh
-        log.warning(
-            "placement batch at %s met a slot taken meanwhile; retrying from the database", kitchen_id
-        )
-        ctx.plans.forget(kitchen_id, {p.item.body.station_id for p in batch})
-        return await _place_batch_once(ctx, kitchen_id, [p for p in batch if p.open])
+        kitchens = sorted({p.item.body.kitchen_id for p in batch})
+        log.warning("placement batch at %s met a slot taken meanwhile; retrying from the database", kitchens)
+        for kid in kitchens:
+            ctx.plans.forget(kid, {p.item.body.station_id for p in batch})
+        return await _place_batch_once(ctx, [p for p in batch if p.open])
 
 
-async def _place_batch_once(
-    ctx: Ctx, kitchen_id: str, batch: list[Pending[PlaceRequest]]
-) -> list[Pending[PlaceRequest]]:
-    """One transaction for a batch of placements at one kitchen; returns those to retry (a second
-    request with an Idempotency-Key already in this batch waits for the next)."""
+@dataclass
+class _KitchenTurn:
+    """One kitchen's part of a placement batch."""
+
+    kitchen_id: str
+    work: list[Pending[PlaceRequest]]
+    state: PlanState
+    held: Held | None = None
+    read: dict[str, int] = field(default_factory=dict)
+    placed: int = 0
+    seen: dict[str, int] = field(default_factory=dict)  # station -> batch additions in its state
+
+
+async def _place_batch_once(ctx: Ctx, batch: list[Pending[PlaceRequest]]) -> list[Pending[PlaceRequest]]:
+    """One transaction for a batch of placements at any kitchens; returns those to retry (a second
+    request with an Idempotency-Key already in this batch waits for the next).
+
+    Kitchens take their turns in order of arrival; each admits its orders against its state plus
+    the slot time that kitchens before it in this batch took at the stations it serves."""
     now = ctx.clock.now()
     now_m = to_minute_ceil(now)
     again: list[Pending[PlaceRequest]] = []
@@ -434,14 +453,16 @@ async def _place_batch_once(
                 continue
             keyed[idem] = p
         work.append(p)
+    kitchens = sorted({p.item.body.kitchen_id for p in work})
     stations = sorted({p.item.body.station_id for p in work})
     placed: list[_Placed] = []
-    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection]] = []
+    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection, PlanState]] = []
+    added: dict[str, list[Reservation]] = {}  # station -> slot time taken in this batch, in order
     async with ctx.pool.acquire() as conn:
         async with locked_transaction(
             conn,
             *[f"idem:{s}:{k}" for s, k in sorted(keyed)],
-            f"kitchen:{kitchen_id}",
+            *[f"kitchen:{k}" for k in kitchens],
             *[f"station:{s}" for s in stations],
         ):
             row = await conn.fetchrow(
@@ -452,7 +473,7 @@ async def _place_batch_once(
                           from idempotency_keys
                          where (commuter_id, key) in (select * from unnest($3::text[], $4::text[])))
                        as idem""",
-                kitchen_id,
+                kitchens,
                 stations,
                 [s for s, _ in keyed],
                 [k for _, k in keyed],
@@ -469,55 +490,75 @@ async def _place_batch_once(
                     )
                 else:
                     p.resolve((done["status"], done["response"]))
-            work = [p for p in work if p.open]
             spec, world = await ctx.worlds.get(conn, stamp_of(row))
-            held: Held | None = None
-            read: dict[str, int] = {}
-            state = PlanState(world)  # an unknown kitchen: every order is refused as invalid
-            if kitchen_id in world.kitchens and row["version"] is not None:
-                held, read = await ctx.plans.checkout(
-                    conn, world, kitchen_id, row["version"], row["slots"], now
-                )
-                state = held.state
+            turns: dict[str, _KitchenTurn] = {}
             for p in work:
-                body = p.item.body
-                order = OrderReq(new_id("o"), kitchen_id, body.station_id, to_minute(body.eta), p.item.items)
-                result = admit(world, state, order, now_m, ctx.planner, new_id)
-                if isinstance(result, Rejection):
-                    rejected.append((p, order, result))
-                    continue
-                state.apply(result)
-                menu = world.kitchens[kitchen_id].menu
-                placed.append(
-                    _Placed(p, result, sum(menu[s].price_cents * q for s, q in order.items.items()))
-                )
+                if p.open:
+                    kid = p.item.body.kitchen_id
+                    if kid not in turns:
+                        turns[kid] = _KitchenTurn(kid, [], PlanState(world))  # unknown: all refused
+                    turns[kid].work.append(p)
+            for turn in turns.values():
+                version = row["versions"].get(turn.kitchen_id)
+                mine = sorted({p.item.body.station_id for p in turn.work})
+                if turn.kitchen_id in world.kitchens and version is not None:
+                    turn.held, turn.read = await ctx.plans.checkout(
+                        conn, world, turn.kitchen_id, version, {s: row["slots"].get(s, 0) for s in mine}, now
+                    )
+                    turn.state = turn.held.state
+                    for sid in turn.read:
+                        turn.state.add_reservations(added.get(sid, []))
+                for p in turn.work:
+                    body = p.item.body
+                    order = OrderReq(
+                        new_id("o"), turn.kitchen_id, body.station_id, to_minute(body.eta), p.item.items
+                    )
+                    result = admit(world, turn.state, order, now_m, ctx.planner, new_id)
+                    if isinstance(result, Rejection):
+                        rejected.append((p, order, result, turn.state))
+                        continue
+                    turn.state.apply(result)
+                    turn.placed += 1
+                    added.setdefault(body.station_id, []).extend(result.reservations)
+                    menu = world.kitchens[turn.kitchen_id].menu
+                    placed.append(
+                        _Placed(p, result, sum(menu[s].price_cents * q for s, q in order.items.items()))
+                    )
+                turn.seen = {sid: len(added.get(sid, [])) for sid in turn.read}
             written: dict[str, int] = {}
             if placed:
-                written = await _store_placements(ctx, conn, kitchen_id, placed, spec)
-        added = [rv for pl in placed for rv in pl.insertion.reservations]
-        if held is not None:
-            ctx.plans.checkin(
-                kitchen_id, held, held.version + (1 if placed else 0), read, written, added, world
-            )
+                written = await _store_placements(ctx, conn, placed, spec)
+        read = {sid: row["slots"].get(sid, 0) for sid in stations}
+        ctx.plans.grow(read, written, [rv for sid in stations for rv in added.get(sid, [])], world)
+        for turn in turns.values():
+            if turn.held is not None:
+                for sid, n in turn.seen.items():  # what kitchens after it took at its stations
+                    turn.state.add_reservations(added.get(sid, [])[n:])
+                ctx.plans.checkin(
+                    turn.kitchen_id,
+                    turn.held,
+                    turn.held.version + (1 if turn.placed else 0),
+                    turn.read,
+                    written,
+                )
         for pl in placed:
             pl.pending.resolve((201, pl.out))
     if rejected:
         # alternatives are dry runs that read other kitchens' plans: the next batch need not wait
-        ctx.placements.later(_refuse(ctx, world, state, rejected, now))
+        ctx.placements.later(_refuse(ctx, world, rejected, now))
     return again
 
 
 async def _refuse(
     ctx: Ctx,
     world: World,
-    state: PlanState,
-    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection]],
+    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection, PlanState]],
     now: datetime,
 ) -> None:
     """Answer refused placements: 409 no-capacity with the reason and alternatives."""
     try:
         async with ctx.pool.acquire() as conn:
-            for p, order, rej in rejected:
+            for p, order, rej, state in rejected:
                 alts = await alternatives(ctx, conn, world, state, order, now)
                 p.fail(
                     Problem(
@@ -530,7 +571,7 @@ async def _refuse(
                     )
                 )
     except Exception as exc:
-        for p, _, _ in rejected:
+        for p, *_ in rejected:
             p.fail(exc)
 
 
@@ -593,7 +634,7 @@ select (select coalesce(array_agg(code_hash), '{{}}') from clash) as clash,
 
 
 async def _store_placements(
-    ctx: Ctx, conn: asyncpg.Connection, kitchen_id: str, placed: list[_Placed], spec: NetworkSpec
+    ctx: Ctx, conn: asyncpg.Connection, placed: list[_Placed], spec: NetworkSpec
 ) -> dict[str, int]:
     """Draw each placement a pickup code, unique among the live orders of its cabinet (the keyed
     hash covers cabinet and code) and within the batch, and write the batch (``PLACE_SQL``); the
@@ -619,7 +660,7 @@ async def _store_placements(
                 if pl.code_hash not in drawn:
                     break
             drawn.add(pl.code_hash)
-            pl.out = _placed_out(spec, kitchen_id, pl)
+            pl.out = _placed_out(spec, pl.insertion.order.kitchen_id, pl)
         keyed = [pl for pl in placed if pl.pending.item.idem_key is not None]
         row = await conn.fetchrow(
             PLACE_SQL,
@@ -628,7 +669,7 @@ async def _store_placements(
             [pl.pending.item.principal.subject for pl in placed],
             [pl.pending.item.body.station_id for pl in placed],
             [pl.insertion.reservations[0].cabinet_id for pl in placed],
-            [kitchen_id for _ in placed],
+            [pl.insertion.order.kitchen_id for pl in placed],
             [pl.pending.item.body.eta for pl in placed],
             [json.dumps([{"sku": s, "qty": q} for s, q in pl.pending.item.items.items()]) for pl in placed],
             [pl.total for pl in placed],

@@ -553,6 +553,55 @@ async def test_metrics_count_admissions_by_outcome_and_show_cabinets_and_pool(ti
     assert 'exitbox_http_request_seconds_count{route="/v1/orders"} 3' in text
 
 
+async def test_one_batch_for_two_kitchens_at_a_shared_station_promises_no_slot_twice(
+    demo: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Orders for two kitchens that share a station arrive together and are written in one batch:
+    the second kitchen sees the slot time the first just took (no clash, no retry), and both
+    cached states equal a fresh load afterwards."""
+    import asyncio
+    import logging
+
+    from db.queries.plans import load_state
+    from service.api.keys import CTX
+
+    caplog.set_level(logging.WARNING, logger="exitbox.ordering")
+    ctx = demo.app[CTX]
+    menus = {"k-dawn": "bun-pork", "k-oven": "croissant"}
+    eta = (demo.clock.now() + timedelta(minutes=150)).isoformat()
+
+    async def one(i: int) -> tuple[int, Any]:
+        kid = "k-oven" if i % 2 else "k-dawn"
+        body = {"station_id": "s03", "kitchen_id": kid, "eta": eta, "items": [{"sku": menus[kid], "qty": 1}]}
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"b{i}", json=body)
+        return status, resp
+
+    batches = ctx.placements.batches
+    got = await asyncio.gather(*(one(i) for i in range(10)))
+    assert all(status == 201 for status, _ in got), got
+    assert ctx.placements.batches - batches < 10  # some were written together
+    assert not [r for r in caplog.records if "taken meanwhile" in r.getMessage()]
+    await assert_plan_checks(demo)
+    conn = await demo.conn()
+    try:
+        _, world = await ctx.worlds.get(conn)
+        cabs = set(world.station_cabinets["s03"])
+        for kid in menus:
+            fresh = await load_state(conn, world, kid, ["s03"], demo.clock.now())
+            cached = ctx.plans.entries[kid].state
+            assert sorted(
+                (rv.order_id, rv.slot, rv.start, rv.end)
+                for rv in cached.plan.reservations
+                if rv.cabinet_id in cabs
+            ) == sorted(
+                (rv.order_id, rv.slot, rv.start, rv.end)
+                for rv in fresh.plan.reservations
+                if rv.cabinet_id in cabs
+            )
+    finally:
+        await conn.close()
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["one-kitchen", "two-kitchens-one-station"])
 async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Client, shared: bool) -> None:
     """The cached state of a kitchen equals what the database says after each placement; with two
