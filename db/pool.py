@@ -17,7 +17,6 @@ async def reset_connection(conn: asyncpg.Connection) -> None:
     first (it rolls back a transaction left open and drops listeners); exitbox keeps no other
     session state on pooled connections (no session settings, cursors, LISTEN or session advisory
     locks), so the default reset, four more statements on every release, is not needed."""
-    assert not conn.is_in_transaction()
 
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:

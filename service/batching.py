@@ -1,6 +1,6 @@
 """Group commit: requests for one key that arrive while that key's batch is being written wait and
-go together in the next batch, so a burst of orders for one kitchen costs one transaction, one set
-of locks and one plan load instead of one each.
+go together in the next batch, so a burst of requests costs one transaction and one set of locks
+instead of one each. (Placements use a single key: one batch in flight per process.)
 
 A request whose caller has gone away (its future cancelled) before its batch starts is dropped.
 """

@@ -44,7 +44,7 @@ from .schemas import (
 from .settings import Settings
 
 log = logging.getLogger("exitbox.ordering")
-LIVE = ("confirmed", "cooking", "on_the_way", "in_cabinet")
+LIVE = plan_q.LIVE
 NOTIFY_CHANNEL = "exitbox_events"
 
 
@@ -114,7 +114,6 @@ class PlanCache:
         self.hits = 0
         self.misses = 0
         self.caught_up = 0  # stations brought up to date by adding what other kitchens added
-        self.rebuilt = 0  # stations whose slot time was replaced
 
     async def checkout(
         self,
@@ -138,14 +137,20 @@ class PlanCache:
             self.hits += 1
         clock = time.monotonic()
 
-        def fresh(entry: StationSlots | tuple[int, float, Any] | None, sid: str) -> bool:
+        def fresh(sid: str, version: int, at: float) -> bool:
             # read at the station's current slot version, and not too long ago
-            if isinstance(entry, StationSlots):
-                return entry.version == versions[sid] and clock - entry.at <= self.max_age
-            return entry is not None and entry[0] == versions[sid] and clock - entry[1] <= self.max_age
+            return version == versions[sid] and clock - at <= self.max_age
 
-        stale = [sid for sid in sorted(versions) if not fresh(held.stations.get(sid), sid)]
-        fetch = [sid for sid in stale if not fresh(self.slots.get(sid), sid)]
+        def held_fresh(sid: str) -> bool:
+            mine = held.stations.get(sid)
+            return mine is not None and fresh(sid, mine[0], mine[1])
+
+        def shared_fresh(sid: str) -> bool:
+            entry = self.slots.get(sid)
+            return entry is not None and fresh(sid, entry.version, entry.at)
+
+        stale = [sid for sid in sorted(versions) if not held_fresh(sid)]
+        fetch = [sid for sid in stale if not shared_fresh(sid)]
         if fetch:
             got = await plan_q.station_reservations(conn, world, fetch, now)
             for sid in fetch:
@@ -162,7 +167,6 @@ class PlanCache:
                 rebuild.append(sid)
             held.stations[sid] = (versions[sid], entry.at, entry)
         if rebuild:
-            self.rebuilt += len(rebuild)
             held.state.replace_reservations(
                 [c for sid in rebuild for c in world.station_cabinets[sid]],
                 [rv for sid in rebuild for rv in self.slots[sid].rvs],
@@ -591,7 +595,7 @@ def _placed_out(spec: NetworkSpec, kitchen_id: str, pl: _Placed) -> dict[str, An
 # One statement stores a batch of placements: orders, plan rows (``PLAN_WRITES``), timeline events
 # (each NOTIFYed on commit, in event order), idempotency keys and the kitchen's plan version. It
 # writes nothing when one of the drawn pickup codes is already live at its cabinet, and returns
-# those codes (``clash``) to be drawn again.
+# those codes (``clash``) to be drawn again. Its own parameters follow ``PLAN_WRITES``'s $1..$28.
 PLACE_SQL = f"""
 with new_orders as (
         select * from unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
@@ -599,6 +603,7 @@ with new_orders as (
                              $39::timestamptz[], $40::text[])
              as n(id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items, total_cents,
                   code_hash, code_sealed, ready_at, placed)),
+    -- the status list is the live-code index's own predicate, written out so the index serves it
     clash as materialized (
         select o.code_hash from orders o
           join new_orders n on o.cabinet_id = n.cabinet_id and o.code_hash = n.code_hash

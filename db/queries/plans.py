@@ -210,7 +210,6 @@ PLAN_WRITES = """
         update stations set slot_version = slot_version + 1
          where id in (select station_id from cabinets where id = any($23::text[])) and (select ok from go)
         returning id, slot_version)"""
-PLAN_WRITES_PARAMS = 28
 WRITTEN = "(select coalesce(jsonb_object_agg(id, slot_version), '{}') from slot_bump)"
 
 
