@@ -46,6 +46,7 @@ REASONS = (
     "closed",
     "invalid",
 )
+NEVER = -(10**9)  # a minute before any plan's first
 
 
 # --------------------------------------------------------------------------- timelines
@@ -117,6 +118,10 @@ def earliest_fit(
     return None
 
 
+def _by_end(t: Task) -> tuple[int, str]:
+    return t.end, t.id
+
+
 class SlotBook:
     """The parcels one slot holds, as sorted half-open intervals that do not overlap."""
 
@@ -131,18 +136,11 @@ class SlotBook:
     def remove(self, s: int, e: int, oid: str) -> None:
         self.iv.remove((s, e, oid))
 
-    def free(self, s: int, e: int) -> bool:
+    def free_from(self, e: int) -> int:
+        """The earliest start of a parcel that may stay until ``e``: the end of the last interval
+        starting before ``e`` (``NEVER`` when there is none)."""
         i = bisect.bisect_left(self.iv, (e,))  # intervals starting before e are iv[:i]
-        return i == 0 or self.iv[i - 1][1] <= s
-
-    def last_end_by(self, s: int) -> int:
-        """End of the last interval that ends at or before s (for a snug fit)."""
-        i = bisect.bisect_right(self.iv, (s, 10**12))
-        while i > 0:
-            if self.iv[i - 1][1] <= s:
-                return self.iv[i - 1][1]
-            i -= 1
-        return -(10**9)
+        return self.iv[i - 1][1] if i else NEVER
 
 
 # --------------------------------------------------------------------------- state
@@ -153,6 +151,7 @@ class KitchenState:
     view: KitchenView
     usage: dict[str, Usage] = field(default_factory=dict)
     couriers: Usage = field(default_factory=Usage)
+    # prep tasks by (sku, step), sorted by (end, id): a new unit looks only at batches ending in time
     batches: dict[tuple[str, int], list[Task]] = field(default_factory=lambda: defaultdict(list))
     runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))
 
@@ -213,9 +212,21 @@ class PlanState:
         ks = self.kitchens[t.kitchen_id]
         ks.usage.setdefault(t.resource, Usage()).add(t.start, t.end)
         if t.kind == "prep" and t.sku is not None and t.step is not None:
-            ks.batches[(t.sku, t.step)].append(t)
+            bisect.insort(ks.batches[(t.sku, t.step)], t, key=_by_end)
         for oid in t.units:
             self.tasks_of[oid].add(t.id)
+
+    def move_task(self, t: Task, start: int) -> None:
+        """Move a task in time (its machine time and its place among its step's batches)."""
+        ks = self.kitchens[t.kitchen_id]
+        ks.usage[t.resource].add(t.start, t.end, -1)
+        batch = ks.batches.get((t.sku or "", t.step or 0)) if t.kind == "prep" else None
+        if batch is not None:
+            batch.remove(t)
+        t.start, t.end = start, start + (t.end - t.start)
+        ks.usage[t.resource].add(t.start, t.end)
+        if batch is not None:
+            bisect.insort(batch, t, key=_by_end)
 
     def _drop_task(self, t: Task) -> None:
         del self.plan.tasks[t.id]
@@ -395,14 +406,16 @@ def _schedule_items(
             while i < len(deadlines):
                 d = deadlines[i]
                 best: Task | None = None
-                for t in ks.batches.get((sku, step), ()):
-                    if t.frozen or t.start <= now or t.end > d or t.end < lb:
+                open_ = ks.batches.get((sku, step), [])
+                # the latest batch ending in [lb, d] with room (the list is sorted by end)
+                j = bisect.bisect_right(open_, (d, "\uffff"), key=_by_end)
+                while j and open_[j - 1].end >= lb:
+                    j -= 1
+                    t = open_[j]
+                    if t.frozen or t.start <= now or batch - t.total_units - att.joined.get(t.id, 0) <= 0:
                         continue
-                    spare = batch - t.total_units - att.joined.get(t.id, 0)
-                    if spare <= 0:
-                        continue
-                    if best is None or t.end > best.end:
-                        best = t
+                    best = t
+                    break
                 if best is not None:
                     spare = batch - best.total_units - att.joined.get(best.id, 0)
                     take = 0
@@ -436,43 +449,55 @@ def _schedule_items(
     return True
 
 
-def _pick_slots(
-    state: PlanState,
-    cabinets: list[str],
-    parcels: dict[str, str],
-    start: int,
-    end: int,
-) -> tuple[str, dict[str, SlotInfo]] | None:
-    """The first cabinet with a free slot for each parcel from ``start`` to ``end``: per parcel the
-    smallest size that holds it, then the snuggest fit (the slot whose previous parcel ends last
-    before ``start``), then the label."""
-    for cab in cabinets:
-        chosen: dict[str, SlotInfo] = {}
-        for zone, size in parcels.items():
-            need = SIZE_RANK[size]
-            best = None
-            for rank, group in state.world.slots_by_size(cab, zone):
-                if rank < need:
-                    continue
-                best_before = None
-                for s in group:
-                    book = state.slot_busy.get((cab, s.label))
-                    if book is None:
-                        before = -(10**9)
-                    elif not book.free(start, end):
+class _SlotPicker:
+    """For one order: per arrival minute, the first cabinet with a free slot for each parcel until
+    ``end`` (per parcel the smallest size that holds it, then the snuggest fit: the slot whose
+    previous parcel ends last before the arrival, then the label).
+
+    With ``end`` fixed, a slot is free from ``a`` to ``end`` exactly when ``a`` is at or after the end
+    of its last parcel starting before ``end`` (``SlotBook.free_from``), and that end is also the
+    snug-fit measure; so each slot is read once per order, and each arrival minute is a bisection."""
+
+    __slots__ = ("cabinets",)
+
+    def __init__(self, state: PlanState, cabinets: list[str], parcels: dict[str, str], end: int) -> None:
+        # cabinet -> [(zone, [(free-from keys ascending, slots in that order)] by size)]
+        self.cabinets: list[tuple[str, list[tuple[str, list[tuple[list[int], list[SlotInfo]]]]]]] = []
+        for cab in cabinets:
+            zones = []
+            for zone, size in parcels.items():
+                need = SIZE_RANK[size]
+                groups = []
+                for rank, group in state.world.slots_by_size(cab, zone):
+                    if rank < need:
                         continue
-                    else:
-                        before = book.last_end_by(start)
-                    if best_before is None or before > best_before:
-                        best, best_before = s, before
-                if best is not None:
+                    # ascending free-from; among equals the first label last, so it wins a bisection
+                    entries = sorted(
+                        (
+                            (book.free_from(end) if (book := state.slot_busy.get((cab, s.label))) else NEVER),
+                            -i,
+                            s,
+                        )
+                        for i, s in enumerate(group)
+                    )
+                    groups.append(([e[0] for e in entries], [e[2] for e in entries]))
+                zones.append((zone, groups))
+            self.cabinets.append((cab, zones))
+
+    def pick(self, arrive: int) -> tuple[str, dict[str, SlotInfo]] | None:
+        for cab, zones in self.cabinets:
+            chosen: dict[str, SlotInfo] = {}
+            for zone, groups in zones:
+                for keys, slots in groups:
+                    j = bisect.bisect_right(keys, arrive)
+                    if j:
+                        chosen[zone] = slots[j - 1]
+                        break
+                else:
                     break
-            if best is None:
-                break
-            chosen[zone] = best
-        else:
-            return cab, chosen
-    return None
+            else:
+                return cab, chosen
+        return None
 
 
 def lead_minutes(k: KitchenView, items: Iterable[str], travel: int) -> int:
@@ -566,11 +591,9 @@ def admit(
 
     stage = -1  # furthest stage reached: 0 cabinet ok, 1 courier ok
     kitchen_failed_new = False
-    slot_cache: dict[int, tuple[str, dict[str, SlotInfo]] | None] = {}
+    slots = _SlotPicker(state, cabinets, parcels, end)
     for a, run in candidates():
-        if a not in slot_cache:
-            slot_cache[a] = _pick_slots(state, cabinets, parcels, a, end)
-        slot_pick = slot_cache[a]
+        slot_pick = slots.pick(a)
         if slot_pick is None:
             continue
         stage = max(stage, 0)

@@ -137,11 +137,10 @@ def shift_earlier(
         usage = ks.usage[t.resource]
         usage.add(t.start, t.end, -1)
         s = earliest_fit(usage, k.capacity[t.resource], minutes, lo, t.end, k.windows(lo, t.end))
-        if s is None or s >= t.start:
-            usage.add(t.start, t.end)
-            continue
-        t.start, t.end = s, s + minutes
         usage.add(t.start, t.end)
+        if s is None or s >= t.start:
+            continue
+        state.move_task(t, s)
         moved += 1
     return moved
 
