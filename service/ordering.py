@@ -396,7 +396,9 @@ async def place(
     stored together in the next transaction."""
     if idem_key is not None and not (1 <= len(idem_key) <= 128):
         raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 128 characters")
-    req = PlaceRequest(principal, body, idem_key, _request_hash(principal, body), _items_of(body.items))
+    # the request hash only serves an Idempotency-Key (a repeat must carry the same request)
+    digest = "" if idem_key is None else _request_hash(principal, body)
+    req = PlaceRequest(principal, body, idem_key, digest, _items_of(body.items))
     result: tuple[int, dict[str, Any]] = await ctx.placements.submit("orders", req)
     return result
 

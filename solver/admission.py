@@ -456,42 +456,38 @@ class _SlotPicker:
 
     With ``end`` fixed, a slot is free from ``a`` to ``end`` exactly when ``a`` is at or after the end
     of its last parcel starting before ``end`` (``SlotBook.free_from``), and that end is also the
-    snug-fit measure; so each slot is read once per order, and each arrival minute is a bisection."""
+    snug-fit measure; so each slot is read at most once per order, when its group is first needed."""
 
-    __slots__ = ("cabinets",)
+    __slots__ = ("_free_from", "cabinets", "end", "parcels", "state")
 
     def __init__(self, state: PlanState, cabinets: list[str], parcels: dict[str, str], end: int) -> None:
-        # cabinet -> [(zone, [(free-from keys ascending, slots in that order)] by size)]
-        self.cabinets: list[tuple[str, list[tuple[str, list[tuple[list[int], list[SlotInfo]]]]]]] = []
-        for cab in cabinets:
-            zones = []
-            for zone, size in parcels.items():
-                need = SIZE_RANK[size]
-                groups = []
-                for rank, group in state.world.slots_by_size(cab, zone):
-                    if rank < need:
-                        continue
-                    # ascending free-from; among equals the first label last, so it wins a bisection
-                    entries = sorted(
-                        (
-                            (book.free_from(end) if (book := state.slot_busy.get((cab, s.label))) else NEVER),
-                            -i,
-                            s,
-                        )
-                        for i, s in enumerate(group)
-                    )
-                    groups.append(([e[0] for e in entries], [e[2] for e in entries]))
-                zones.append((zone, groups))
-            self.cabinets.append((cab, zones))
+        self.state = state
+        self.cabinets = cabinets
+        self.parcels = [(zone, SIZE_RANK[size]) for zone, size in parcels.items()]
+        self.end = end
+        self._free_from: dict[tuple[str, str, int], list[int]] = {}
+
+    def _group_free_from(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> list[int]:
+        got = self._free_from.get((cab, zone, rank))
+        if got is None:
+            busy = self.state.slot_busy
+            got = [(b.free_from(self.end) if (b := busy.get((cab, s.label))) else NEVER) for s in group]
+            self._free_from[(cab, zone, rank)] = got
+        return got
 
     def pick(self, arrive: int) -> tuple[str, dict[str, SlotInfo]] | None:
-        for cab, zones in self.cabinets:
+        for cab in self.cabinets:
             chosen: dict[str, SlotInfo] = {}
-            for zone, groups in zones:
-                for keys, slots in groups:
-                    j = bisect.bisect_right(keys, arrive)
-                    if j:
-                        chosen[zone] = slots[j - 1]
+            for zone, need in self.parcels:
+                for rank, group in self.state.world.slots_by_size(cab, zone):
+                    if rank < need:
+                        continue
+                    best, best_from = -1, NEVER
+                    for i, f in enumerate(self._group_free_from(cab, zone, rank, group)):
+                        if f <= arrive and (best < 0 or f > best_from):
+                            best, best_from = i, f
+                    if best >= 0:
+                        chosen[zone] = group[best]
                         break
                 else:
                     break
