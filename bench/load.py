@@ -238,6 +238,15 @@ def main() -> None:
                 f"p99 {res['p99_ms']:7.1f} ms  statuses {res['statuses']}",
                 flush=True,
             )
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            shown = [
+                line.removeprefix("exitbox_")
+                for line in r.read().decode().splitlines()
+                if line.startswith(("exitbox_placement_", "exitbox_plan_cache_"))
+            ]
+        print(f"{'exitbox batching':>26}: " + ", ".join(shown), flush=True)
         floor, ours = results["floor (one insert)"], results["exitbox POST /v1/orders"]
         fivexx = sum(n for s, n in ours["statuses"].items() if str(s).startswith("5") or str(s) == "0")
         over = asyncio.run(_over_reserved(dsn))

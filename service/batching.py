@@ -1,6 +1,12 @@
 """Group commit: requests for one key that arrive while that key's batch is being written wait and
 go together in the next batch, so a burst of requests costs one transaction and one set of locks
-instead of one each. (Placements use a single key: one batch in flight per process.)
+instead of one each. (Placements use a single key.)
+
+With a ``prepare`` stage the batches of a key form a two-stage pipeline: ``prepare`` does a batch's
+work in memory (no awaits) and returns the writing of it, or None to have ``handle`` do the batch
+the ordinary way. The next batch is prepared while the previous one is being written; writings run
+one after another, in order. A writing must itself check that what its batch was prepared on still
+holds (and redo the batch if not): the previous writing may not have succeeded.
 
 A request whose caller has gone away (its future cancelled) before its batch starts is dropped.
 """
@@ -39,15 +45,30 @@ class Pending(Generic[T]):
 Handler = Callable[[str, list[Pending[T]]], Awaitable[list[Pending[T]]]]
 
 
+@dataclass
+class Writing(Generic[T]):
+    """A prepared batch's writing: ``run`` answers the batch like a handler; it sets ``busy`` once
+    the database is at work on the batch's data, and the next batch is prepared meanwhile."""
+
+    run: Coroutine[Any, Any, list[Pending[T]]]
+    busy: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# prepare(key, batch): the batch's writing, or None to have the handler do the batch
+Preparer = Callable[[str, list[Pending[T]]], "Writing[T] | None"]
+
+
 class Batcher(Generic[T]):
-    def __init__(self, handle: Handler[T], max_batch: int = 64) -> None:
+    def __init__(self, handle: Handler[T], max_batch: int = 64, prepare: Preparer[T] | None = None) -> None:
         self._handle = handle
+        self._prepare = prepare
         self.max_batch = max_batch
         self._queues: dict[str, list[Pending[T]]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._later: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.requests = 0
+        self.prepared = 0  # batches written by their prepared writing
 
     async def submit(self, key: str, item: T) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -56,33 +77,66 @@ class Batcher(Generic[T]):
             self._running[key] = asyncio.create_task(self._drain(key))
         return await fut
 
-    async def _drain(self, key: str) -> None:
-        try:
-            while True:
-                queue = self._queues.get(key)
-                if not queue:
-                    return
-                batch = [p for p in queue[: self.max_batch] if p.open]
-                del queue[: self.max_batch]
-                if not batch:
-                    continue
+    def _take(self, key: str) -> list[Pending[T]]:
+        queue = self._queues.get(key, [])
+        while queue:
+            batch = [p for p in queue[: self.max_batch] if p.open]
+            del queue[: self.max_batch]
+            if batch:
                 self.batches += 1
                 self.requests += len(batch)
-                try:
-                    again = await self._handle(key, batch)
-                except asyncio.CancelledError:
-                    for p in batch:
-                        p.fail(RuntimeError("the service is stopping"))
-                    raise
-                except Exception as exc:
-                    for p in batch:
-                        p.fail(exc)
-                    continue
-                queue[:0] = again
+                return batch
+        return []
+
+    async def _drain(self, key: str) -> None:
+        # the batch being written by its prepared writing: (task, its requests)
+        writing: tuple[asyncio.Task[list[Pending[T]]], list[Pending[T]]] | None = None
+        try:
+            while True:
+                batch = self._take(key)
+                if not batch and writing is None:
+                    return
+                job = self._prepare(key, batch) if batch and self._prepare is not None else None
+                if writing is not None:
+                    await self._settle(key, *writing)
+                    writing = None
+                if job is not None:
+                    self.prepared += 1
+                    task = asyncio.create_task(job.run)
+                    writing = (task, batch)
+                    busy = asyncio.create_task(job.busy.wait())
+                    try:  # the next batch gathers until the database is at work on this one
+                        await asyncio.wait({task, busy}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        busy.cancel()
+                elif batch:
+                    await self._settle(key, asyncio.ensure_future(self._handle(key, batch)), batch)
         finally:
+            if writing is not None:
+                writing[0].cancel()
+                for p in writing[1]:
+                    p.fail(RuntimeError("the service is stopping"))
             self._running.pop(key, None)
             if not self._queues.get(key):
                 self._queues.pop(key, None)
+
+    async def _settle(
+        self, key: str, work: asyncio.Future[list[Pending[T]]], batch: list[Pending[T]]
+    ) -> None:
+        """Wait for a batch's work; what it hands back goes first in the queue, and if it fails,
+        every request of the batch is told why."""
+        try:
+            again = await work
+        except asyncio.CancelledError:
+            work.cancel()
+            for p in batch:
+                p.fail(RuntimeError("the service is stopping"))
+            raise
+        except Exception as exc:
+            for p in batch:
+                p.fail(exc)
+            return
+        self._queues.setdefault(key, [])[:0] = again
 
     def later(self, answer: Coroutine[Any, Any, None]) -> None:
         """Answer some requests of a batch in a task of their own, so the key's next batch need not

@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     with database(settings) as dsn:
-        app = create_app(settings, dsn, secret, network=network, demo=args.demo)
+        app = create_app(settings, dsn, secret, network=network, demo=args.demo, manage_gc=True)
         if args.demo:
             _print_demo_tokens(secret, network, host, port)
         web.run_app(

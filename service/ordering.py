@@ -8,6 +8,7 @@ slot time; the exclusion constraint on parcels is the last word.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -30,7 +31,7 @@ from solver.model import Settings as PlannerSettings
 
 from . import codes
 from .auth import Principal
-from .batching import Batcher, Pending
+from .batching import Batcher, Pending, Writing
 from .clock import Clock
 from .http import Problem, not_found
 from .schemas import (
@@ -69,6 +70,11 @@ class WorldCache:
             spec = got[0]
             self._value = (spec, World.from_spec(spec, disabled))
             self._stamp = key
+        return self._value
+
+    @property
+    def current(self) -> tuple[NetworkSpec, World] | None:
+        """The world last read, without asking the database whether it still stands."""
         return self._value
 
 
@@ -114,6 +120,7 @@ class PlanCache:
         self.hits = 0
         self.misses = 0
         self.caught_up = 0  # stations brought up to date by adding what other kitchens added
+        self.epoch = 0  # moves whenever entries are dropped for being possibly wrong
 
     async def checkout(
         self,
@@ -136,29 +143,52 @@ class PlanCache:
         else:
             self.hits += 1
         clock = time.monotonic()
-
-        def fresh(sid: str, version: int, at: float) -> bool:
-            # read at the station's current slot version, and not too long ago
-            return version == versions[sid] and clock - at <= self.max_age
-
-        def held_fresh(sid: str) -> bool:
-            mine = held.stations.get(sid)
-            return mine is not None and fresh(sid, mine[0], mine[1])
-
-        def shared_fresh(sid: str) -> bool:
-            entry = self.slots.get(sid)
-            return entry is not None and fresh(sid, entry.version, entry.at)
-
-        stale = [sid for sid in sorted(versions) if not held_fresh(sid)]
-        fetch = [sid for sid in stale if not shared_fresh(sid)]
+        fetch = [
+            sid
+            for sid in sorted(versions)
+            if not self._held_fresh(held, sid, versions[sid], clock)
+            and not self._shared_fresh(sid, versions[sid], clock)
+        ]
         if fetch:
             got = await plan_q.station_reservations(conn, world, fetch, now)
             for sid in fetch:
                 cabs = set(world.station_cabinets[sid])
                 rvs = [rv for rv in got if rv.cabinet_id in cabs]
                 self.slots[sid] = StationSlots(versions[sid], clock, rvs, {versions[sid]: len(rvs)})
+        self._catch_up(held, world, versions, clock)
+        return held, versions
+
+    def take(self, world: World, kitchen_id: str, slot_versions: dict[str, int]) -> Held | None:
+        """``checkout`` without the database, for a batch prepared ahead: the kitchen's entry with the
+        slot time of ``slot_versions`` when all of it is here and fresh (the caller then checks those
+        versions and the entry's under the locks); else None, and nothing is taken."""
+        held = self.entries.get(kitchen_id)
+        if held is None or held.world != id(world):
+            return None
+        clock = time.monotonic()
+        for sid, v in slot_versions.items():
+            if not (self._held_fresh(held, sid, v, clock) or self._shared_fresh(sid, v, clock)):
+                return None
+        del self.entries[kitchen_id]
+        self.hits += 1
+        self._catch_up(held, world, slot_versions, clock)
+        return held
+
+    def _held_fresh(self, held: Held, sid: str, version: int, clock: float) -> bool:
+        mine = held.stations.get(sid)
+        return mine is not None and mine[0] == version and clock - mine[1] <= self.max_age
+
+    def _shared_fresh(self, sid: str, version: int, clock: float) -> bool:
+        entry = self.slots.get(sid)
+        return entry is not None and entry.version == version and clock - entry.at <= self.max_age
+
+    def _catch_up(self, held: Held, world: World, versions: dict[str, int], clock: float) -> None:
+        """Bring a kitchen's slot time at stations where it is not fresh up to the shared read (at
+        ``versions``, which must be there): by adding the tail it missed, else by rebuilding."""
         rebuild = []
-        for sid in stale:
+        for sid in sorted(versions):
+            if self._held_fresh(held, sid, versions[sid], clock):
+                continue
             entry, mine = self.slots[sid], held.stations.get(sid)
             if mine is not None and mine[2] is entry and mine[0] in entry.marks:
                 held.state.add_reservations(entry.rvs[entry.marks[mine[0]] :])
@@ -171,7 +201,13 @@ class PlanCache:
                 [c for sid in rebuild for c in world.station_cabinets[sid]],
                 [rv for sid in rebuild for rv in self.slots[sid].rvs],
             )
-        return held, versions
+
+    def shared_version(self, station_id: str) -> int | None:
+        """The slot version of a station's fresh shared read, if this process has one."""
+        entry = self.slots.get(station_id)
+        if entry is None or time.monotonic() - entry.at > self.max_age:
+            return None
+        return entry.version
 
     def grow(
         self, read: dict[str, int], written: dict[str, int], added: list[Reservation], world: World
@@ -218,9 +254,16 @@ class PlanCache:
         return held.state
 
     def forget(self, kitchen_id: str, station_ids: Iterable[str] = ()) -> None:
+        self.epoch += 1
         self.entries.pop(kitchen_id, None)
         for sid in station_ids:
             self.slots.pop(sid, None)
+
+    def clear(self) -> None:
+        """Forget everything: a batch written on assumptions (``take``) did not get written."""
+        self.epoch += 1
+        self.entries.clear()
+        self.slots.clear()
 
 
 # The plan versions of some kitchens ($1) and the slot versions of some stations ($2), for
@@ -264,7 +307,10 @@ class Ctx:
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.orders_per_minute)
-        self.placements = Batcher(lambda kitchen_id, batch: _place_batch(self, kitchen_id, batch))
+        self.placements = Batcher(
+            lambda key, batch: _place_batch(self, key, batch),
+            prepare=lambda key, batch: _prepare_placements(self, key, batch),
+        )
 
     @property
     def planner(self) -> PlannerSettings:
@@ -440,52 +486,132 @@ class _KitchenTurn:
     seen: dict[str, int] = field(default_factory=dict)  # station -> batch additions in its state
 
 
-async def _place_batch_once(ctx: Ctx, batch: list[Pending[PlaceRequest]]) -> list[Pending[PlaceRequest]]:
-    """One transaction for a batch of placements at any kitchens; returns those to retry (a second
-    request with an Idempotency-Key already in this batch waits for the next).
+@dataclass
+class _Batch:
+    """A placement batch: its requests by kitchen, and once admitted, what it placed and refused."""
 
-    Kitchens take their turns in order of arrival; each admits its orders against its state plus
-    the slot time that kitchens before it in this batch took at the stations it serves."""
-    now = ctx.clock.now()
-    now_m = to_minute_ceil(now)
-    again: list[Pending[PlaceRequest]] = []
-    work: list[Pending[PlaceRequest]] = []
-    keyed: dict[tuple[str, str], Pending[PlaceRequest]] = {}
-    for p in batch:
-        idem = p.item.idem
-        if idem is not None:
-            if idem in keyed:
-                again.append(p)
-                continue
-            keyed[idem] = p
-        work.append(p)
-    kitchens = sorted({p.item.body.kitchen_id for p in work})
-    stations = sorted({p.item.body.station_id for p in work})
-    placed: list[_Placed] = []
-    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection, PlanState]] = []
-    added: dict[str, list[Reservation]] = {}  # station -> slot time taken in this batch, in order
+    world: World
+    now: datetime
+    again: list[Pending[PlaceRequest]]  # a second request with a key already in the batch: next time
+    keyed: dict[tuple[str, str], Pending[PlaceRequest]]
+    turns: dict[str, _KitchenTurn]
+    placed: list[_Placed] = field(default_factory=list)
+    rejected: list[tuple[Pending[PlaceRequest], OrderReq, Rejection, PlanState]] = field(default_factory=list)
+    added: dict[str, list[Reservation]] = field(default_factory=dict)  # station -> slot time taken, in order
+
+    @classmethod
+    def of(cls, world: World, now: datetime, batch: list[Pending[PlaceRequest]]) -> _Batch:
+        again: list[Pending[PlaceRequest]] = []
+        keyed: dict[tuple[str, str], Pending[PlaceRequest]] = {}
+        turns: dict[str, _KitchenTurn] = {}
+        for p in batch:
+            idem = p.item.idem
+            if idem is not None:
+                if idem in keyed:
+                    again.append(p)
+                    continue
+                keyed[idem] = p
+            kid = p.item.body.kitchen_id
+            if kid not in turns:
+                turns[kid] = _KitchenTurn(kid, [], PlanState(world))  # unknown: all refused
+            turns[kid].work.append(p)
+        return cls(world, now, again, keyed, turns)
+
+    @property
+    def kitchens(self) -> list[str]:
+        return sorted(self.turns)
+
+    @property
+    def stations(self) -> list[str]:
+        return sorted({p.item.body.station_id for t in self.turns.values() for p in t.work})
+
+    def lock_names(self) -> list[str]:
+        return [
+            *[f"idem:{s}:{k}" for s, k in sorted(self.keyed)],
+            *[f"kitchen:{k}" for k in self.kitchens],
+            *[f"station:{s}" for s in self.stations],
+        ]
+
+    def admit(self, ctx: Ctx) -> None:
+        """Kitchens take their turns in order of arrival; each admits its open orders against its
+        state plus the slot time that kitchens before it in this batch took at its stations."""
+        now_m = to_minute_ceil(self.now)
+        world = self.world
+        for turn in self.turns.values():
+            if turn.held is not None:
+                for sid in turn.read:
+                    turn.state.add_reservations(self.added.get(sid, []))
+            for p in turn.work:
+                if not p.open:
+                    continue
+                body = p.item.body
+                order = OrderReq(
+                    new_id("o"), turn.kitchen_id, body.station_id, to_minute(body.eta), p.item.items
+                )
+                result = admit(world, turn.state, order, now_m, ctx.planner, new_id)
+                if isinstance(result, Rejection):
+                    self.rejected.append((p, order, result, turn.state))
+                    continue
+                turn.state.apply(result)
+                turn.placed += 1
+                self.added.setdefault(body.station_id, []).extend(result.reservations)
+                menu = world.kitchens[turn.kitchen_id].menu
+                self.placed.append(
+                    _Placed(p, result, sum(menu[s].price_cents * q for s, q in order.items.items()))
+                )
+            turn.seen = {sid: len(self.added.get(sid, [])) for sid in turn.read}
+
+    def check_in(self, ctx: Ctx, read: dict[str, int], written: dict[str, int]) -> None:
+        """The caches after the batch's write, which moved its stations from the ``read`` slot
+        versions to the ``written`` ones: the shared slot time grows, and each kitchen's state gets
+        what kitchens after it took at its stations and goes back in the cache."""
+        stations = self.stations
+        ctx.plans.grow(read, written, [rv for sid in stations for rv in self.added.get(sid, [])], self.world)
+        for turn in self.turns.values():
+            if turn.held is not None:
+                for sid, n in turn.seen.items():
+                    turn.state.add_reservations(self.added.get(sid, [])[n:])
+                version = turn.held.version + (1 if turn.placed else 0)
+                ctx.plans.checkin(turn.kitchen_id, turn.held, version, turn.read, written)
+
+    def answer(self, ctx: Ctx) -> list[Pending[PlaceRequest]]:
+        """After the commit: the confirmed get their 201; the refused get their 409 with
+        alternatives in a task of their own (dry runs that may read other kitchens' plans: the next
+        batch need not wait); returns the requests for the next batch."""
+        for pl in self.placed:
+            pl.pending.resolve((201, pl.out))
+        if self.rejected:
+            ctx.placements.later(_refuse(ctx, self.world, self.rejected, self.now))
+        return self.again
+
+
+# The batch's read under its locks: the network stamp, plan and slot versions ($1 kitchens, $2
+# stations) and the idempotency keys already stored ($3 commuters, $4 keys).
+BATCH_READ_SQL = f"""select {STAMP_COLUMNS}, {VERSIONS_COLUMNS},
+       (select coalesce(jsonb_agg(jsonb_build_object('commuter_id', commuter_id,
+                   'key', key, 'request_hash', request_hash, 'status', status,
+                   'response', response)), '[]')
+          from idempotency_keys
+         where (commuter_id, key) in (select * from unnest($3::text[], $4::text[]))) as idem"""
+
+
+async def _read_batch(conn: asyncpg.Connection, b: _Batch) -> asyncpg.Record:
+    return await conn.fetchrow(
+        BATCH_READ_SQL, b.kitchens, b.stations, [s for s, _ in b.keyed], [k for _, k in b.keyed]
+    )
+
+
+async def _place_batch_once(ctx: Ctx, batch: list[Pending[PlaceRequest]]) -> list[Pending[PlaceRequest]]:
+    """One transaction for a batch of placements at any kitchens, admitted under its locks; returns
+    those to retry (a second request with an Idempotency-Key already in this batch waits for the
+    next)."""
     async with ctx.pool.acquire() as conn:
-        async with locked_transaction(
-            conn,
-            *[f"idem:{s}:{k}" for s, k in sorted(keyed)],
-            *[f"kitchen:{k}" for k in kitchens],
-            *[f"station:{s}" for s in stations],
-        ):
-            row = await conn.fetchrow(
-                f"""select {STAMP_COLUMNS}, {VERSIONS_COLUMNS},
-                       (select coalesce(jsonb_agg(jsonb_build_object('commuter_id', commuter_id,
-                                   'key', key, 'request_hash', request_hash, 'status', status,
-                                   'response', response)), '[]')
-                          from idempotency_keys
-                         where (commuter_id, key) in (select * from unnest($3::text[], $4::text[])))
-                       as idem""",
-                kitchens,
-                stations,
-                [s for s, _ in keyed],
-                [k for _, k in keyed],
-            )
+        spec, world = ctx.worlds.current or await ctx.worlds.get(conn)
+        b = _Batch.of(world, ctx.clock.now(), batch)
+        async with locked_transaction(conn, *b.lock_names()):
+            row = await _read_batch(conn, b)
             for done in row["idem"]:
-                p = keyed[(done["commuter_id"], done["key"])]
+                p = b.keyed[(done["commuter_id"], done["key"])]
                 if done["request_hash"] != p.item.request_hash:
                     p.fail(
                         Problem(
@@ -497,62 +623,111 @@ async def _place_batch_once(ctx: Ctx, batch: list[Pending[PlaceRequest]]) -> lis
                 else:
                     p.resolve((done["status"], done["response"]))
             spec, world = await ctx.worlds.get(conn, stamp_of(row))
-            turns: dict[str, _KitchenTurn] = {}
-            for p in work:
-                if p.open:
-                    kid = p.item.body.kitchen_id
-                    if kid not in turns:
-                        turns[kid] = _KitchenTurn(kid, [], PlanState(world))  # unknown: all refused
-                    turns[kid].work.append(p)
-            for turn in turns.values():
+            if world is not b.world:  # the network changed just now
+                b = _Batch.of(world, b.now, [p for p in batch if p.open])
+            for turn in b.turns.values():
                 version = row["versions"].get(turn.kitchen_id)
                 mine = sorted({p.item.body.station_id for p in turn.work})
                 if turn.kitchen_id in world.kitchens and version is not None:
                     turn.held, turn.read = await ctx.plans.checkout(
-                        conn, world, turn.kitchen_id, version, {s: row["slots"].get(s, 0) for s in mine}, now
+                        conn,
+                        world,
+                        turn.kitchen_id,
+                        version,
+                        {s: row["slots"].get(s, 0) for s in mine},
+                        b.now,
                     )
                     turn.state = turn.held.state
-                    for sid in turn.read:
-                        turn.state.add_reservations(added.get(sid, []))
-                for p in turn.work:
-                    body = p.item.body
-                    order = OrderReq(
-                        new_id("o"), turn.kitchen_id, body.station_id, to_minute(body.eta), p.item.items
-                    )
-                    result = admit(world, turn.state, order, now_m, ctx.planner, new_id)
-                    if isinstance(result, Rejection):
-                        rejected.append((p, order, result, turn.state))
-                        continue
-                    turn.state.apply(result)
-                    turn.placed += 1
-                    added.setdefault(body.station_id, []).extend(result.reservations)
-                    menu = world.kitchens[turn.kitchen_id].menu
-                    placed.append(
-                        _Placed(p, result, sum(menu[s].price_cents * q for s, q in order.items.items()))
-                    )
-                turn.seen = {sid: len(added.get(sid, [])) for sid in turn.read}
+            b.admit(ctx)
             written: dict[str, int] = {}
-            if placed:
-                written = await _store_placements(ctx, conn, placed, spec)
-        read = {sid: row["slots"].get(sid, 0) for sid in stations}
-        ctx.plans.grow(read, written, [rv for sid in stations for rv in added.get(sid, [])], world)
-        for turn in turns.values():
-            if turn.held is not None:
-                for sid, n in turn.seen.items():  # what kitchens after it took at its stations
-                    turn.state.add_reservations(added.get(sid, [])[n:])
-                ctx.plans.checkin(
-                    turn.kitchen_id,
-                    turn.held,
-                    turn.held.version + (1 if turn.placed else 0),
-                    turn.read,
-                    written,
-                )
-        for pl in placed:
-            pl.pending.resolve((201, pl.out))
-    if rejected:
-        # alternatives are dry runs that read other kitchens' plans: the next batch need not wait
-        ctx.placements.later(_refuse(ctx, world, rejected, now))
-    return again
+            if b.placed:
+                written = await _store_placements(ctx, conn, b.placed, spec)
+        b.check_in(ctx, {sid: row["slots"].get(sid, 0) for sid in b.stations}, written)
+    return b.answer(ctx)
+
+
+def _prepare_placements(
+    ctx: Ctx, _key: str, batch: list[Pending[PlaceRequest]]
+) -> Writing[PlaceRequest] | None:
+    """The pipeline's first stage (``Batcher``'s ``prepare``): admit a batch on this process's
+    cached plans while the previous batch is being written, assuming that write succeeds, and put
+    the result in the caches at once (the next batch builds on it). Returns the batch's writing
+    (``_write_prepared``), or None when the caches lack something (the batch then goes the ordinary
+    way, admitted under its locks)."""
+    current = ctx.worlds.current
+    if current is None:
+        return None
+    spec, world = current
+    b = _Batch.of(world, ctx.clock.now(), batch)
+    read: dict[str, int] = {}
+    for sid in b.stations:
+        version = ctx.plans.shared_version(sid)
+        if version is None:
+            return None
+        read[sid] = version
+    taken: list[_KitchenTurn] = []
+    for turn in b.turns.values():
+        if turn.kitchen_id not in world.kitchens:
+            continue  # refused as unknown, as under the locks
+        mine = {p.item.body.station_id: read[p.item.body.station_id] for p in turn.work}
+        held = ctx.plans.take(world, turn.kitchen_id, mine)
+        if held is None:
+            for t in taken:  # untouched yet: back as they were
+                assert t.held is not None
+                ctx.plans.entries[t.kitchen_id] = t.held
+            return None
+        turn.held, turn.read, turn.state = held, mine, held.state
+        taken.append(turn)
+    epoch = ctx.plans.epoch
+    versions = {t.kitchen_id: t.held.version for t in taken if t.held is not None}
+    b.admit(ctx)
+    written = {sid: read[sid] + 1 for sid in b.stations if b.added.get(sid)}
+    b.check_in(ctx, read, written)
+    busy = asyncio.Event()
+    return Writing(_write_prepared(ctx, spec, b, epoch, versions, read, written, batch, busy), busy)
+
+
+async def _write_prepared(
+    ctx: Ctx,
+    spec: NetworkSpec,
+    b: _Batch,
+    epoch: int,
+    versions: dict[str, int],
+    read: dict[str, int],
+    written: dict[str, int],
+    batch: list[Pending[PlaceRequest]],
+    busy: asyncio.Event,
+) -> list[Pending[PlaceRequest]]:
+    """Write a prepared batch if, under its locks, everything it was prepared on still holds: the
+    caches were not dropped since, the network, every kitchen's plan version and every station's
+    slot version are those it assumed, and none of its Idempotency-Keys is stored. Otherwise the
+    caches are dropped and the batch is placed the ordinary way."""
+    try:
+        async with ctx.pool.acquire() as conn:
+            if ctx.plans.epoch == epoch:
+                async with locked_transaction(conn, *b.lock_names()):
+                    row = await _read_batch(conn, b)
+                    _, world = await ctx.worlds.get(conn, stamp_of(row))
+                    holds = (
+                        world is b.world
+                        and not row["idem"]
+                        and all(row["versions"].get(k) == v for k, v in versions.items())
+                        and all(row["slots"].get(s) == v for s, v in read.items())
+                    )
+                    if holds:
+                        busy.set()  # the next batch may be prepared while this one is stored
+                        got = await _store_placements(ctx, conn, b.placed, spec) if b.placed else {}
+                if holds:
+                    if got != written:  # written, but not as the caches assumed
+                        ctx.plans.clear()
+                    return b.answer(ctx)
+    except asyncpg.ExclusionViolationError:
+        pass  # nothing was written
+    except BaseException:
+        ctx.plans.clear()
+        raise
+    ctx.plans.clear()
+    return [*b.again, *await _place_batch(ctx, "orders", [p for p in batch if p.open and p not in b.again])]
 
 
 async def _refuse(

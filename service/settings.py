@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     planner_seconds: float = Field(default=2.0, gt=0, le=60)
     pool_min: int = Field(default=2, ge=1, le=100)
     pool_max: int = Field(default=20, ge=1, le=500)
+    gc_full_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="full garbage collections of `serve`, every so often"
+    )
     log_level: str = "INFO"
 
     def resolve_secret(self, demo: bool = False) -> str:

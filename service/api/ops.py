@@ -45,6 +45,12 @@ async def metrics(call: Call) -> web.Response:
         f"exitbox_db_pool_size {ctx.pool.get_size()}",
         f"exitbox_db_pool_idle {ctx.pool.get_idle_size()}",
         f"exitbox_db_pool_max {ctx.pool.get_max_size()}",
+        f"exitbox_placement_batches_total {ctx.placements.batches}",
+        f"exitbox_placement_batches_prepared_total {ctx.placements.prepared}",
+        f"exitbox_placement_requests_total {ctx.placements.requests}",
+        f"exitbox_plan_cache_hits_total {ctx.plans.hits}",
+        f"exitbox_plan_cache_misses_total {ctx.plans.misses}",
+        f"exitbox_plan_cache_dropped_total {ctx.plans.epoch}",
     ]
     try:
         async with ctx.pool.acquire(timeout=2) as conn:
