@@ -112,8 +112,10 @@ class Batcher(Generic[T]):
                 elif batch:
                     await self._settle(key, asyncio.ensure_future(self._handle(key, batch)), batch)
         finally:
-            if writing is not None:
+            if writing is not None:  # stopping: the writing in flight ends before the drain does
                 writing[0].cancel()
+                with contextlib.suppress(BaseException):
+                    await writing[0]
                 for p in writing[1]:
                     p.fail(RuntimeError("the service is stopping"))
             self._running.pop(key, None)

@@ -721,8 +721,8 @@ async def _write_prepared(
                     if got != written:  # written, but not as the caches assumed
                         ctx.plans.clear()
                     return b.answer(ctx)
-    except asyncpg.ExclusionViolationError:
-        pass  # nothing was written
+    except asyncpg.ExclusionViolationError:  # nothing was written
+        log.warning("a prepared placement batch met a slot taken meanwhile; admitting it again")
     except BaseException:
         ctx.plans.clear()
         raise

@@ -601,6 +601,20 @@ async def test_one_batch_for_two_kitchens_at_a_shared_station_promises_no_slot_t
         await conn.close()
 
 
+def plan_shape(st: Any, cabinets: set[str]) -> tuple[list[Any], list[Any], list[Any]]:
+    """A plan state's tasks, runs and the slot time at ``cabinets``, comparable between a cached
+    state and a fresh load."""
+    return (
+        sorted((t.id, t.start, t.end, tuple(sorted(t.units.items()))) for t in st.plan.tasks.values()),
+        sorted((r.id, r.depart, tuple(sorted(r.orders))) for r in st.plan.runs.values()),
+        sorted(
+            (rv.order_id, rv.cabinet_id, rv.slot, rv.start, rv.end)
+            for rv in st.plan.reservations
+            if rv.cabinet_id in cabinets
+        ),
+    )
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["one-kitchen", "two-kitchens-one-station"])
 async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Client, shared: bool) -> None:
     """The cached state of a kitchen equals what the database says after each placement; with two
@@ -631,26 +645,62 @@ async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Clien
             )
             _, world = await ctx.worlds.get(conn)
             fresh = await load_state(conn, world, kid, ["s03"], demo.clock.now())
-
-            def shape(st, world=world):  # type: ignore[no-untyped-def]
-                return (
-                    sorted(
-                        (t.id, t.start, t.end, tuple(sorted(t.units.items()))) for t in st.plan.tasks.values()
-                    ),
-                    sorted((r.id, r.depart, tuple(sorted(r.orders))) for r in st.plan.runs.values()),
-                    sorted(
-                        (rv.order_id, rv.cabinet_id, rv.slot, rv.start, rv.end)
-                        for rv in st.plan.reservations
-                        if rv.cabinet_id in world.station_cabinets["s03"]
-                    ),
-                )
-
-            assert shape(cached) == shape(fresh)
+            cabs = set(world.station_cabinets["s03"])
+            assert plan_shape(cached, cabs) == plan_shape(fresh, cabs)
         assert ctx.plans.hits >= 10
         if shared:  # each turn found the other kitchen's new slot time and added just that
             assert ctx.plans.caught_up >= 9
     finally:
         await conn.close()
+
+
+async def test_a_batch_prepared_on_plans_another_instance_changed_is_admitted_again_under_the_locks(
+    demo: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Placements are admitted ahead on this process's cached plans; when another instance wrote to
+    the kitchen and station meanwhile, the versions under the locks say so, the caches are dropped
+    and the batch is admitted again on what the database holds: nothing promised twice, no retry
+    on the exclusion constraint, and the cache equals a fresh load."""
+    import logging
+
+    from db.queries.plans import load_state
+    from service.api.keys import CTX
+    from service.auth import Principal
+    from service.ordering import Ctx, place
+    from service.schemas import PlaceOrder
+
+    caplog.set_level(logging.WARNING, logger="exitbox.ordering")
+    ctx = demo.app[CTX]
+    other = Ctx(ctx.pool, ctx.settings, ctx.secret, ctx.clock)  # a second instance: its own caches
+    eta = (demo.clock.now() + timedelta(minutes=120)).isoformat()
+    body = {"station_id": "s03", "kitchen_id": "k-dawn", "eta": eta, "items": [{"sku": "bun-pork", "qty": 1}]}
+    for i in range(3):
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"a{i}", json=body)
+        assert status == 201, resp
+    prepared, dropped = ctx.placements.prepared, ctx.plans.epoch
+    assert prepared >= 1  # the caches were warm: later batches were admitted ahead
+    for i in range(3):
+        status, _ = await place(
+            other, Principal("commuter", f"o{i}", f"o{i}"), PlaceOrder.model_validate(body), None
+        )
+        assert status == 201
+    status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope="late", json=body)
+    assert status == 201, resp
+    assert ctx.placements.prepared == prepared + 1 and ctx.plans.epoch > dropped
+    assert not [r for r in caplog.records if "taken meanwhile" in r.getMessage()]
+    await assert_plan_checks(demo)
+    conn = await demo.conn()
+    try:
+        _, world = await ctx.worlds.get(conn)
+        fresh = await load_state(conn, world, "k-dawn", ["s03"], demo.clock.now())
+        held = ctx.plans.entries["k-dawn"]
+        assert held.version == await conn.fetchval("select plan_version from kitchens where id = 'k-dawn'")
+        cabs = set(world.station_cabinets["s03"])
+        assert plan_shape(held.state, cabs) == plan_shape(fresh, cabs)
+        assert len(plan_shape(fresh, cabs)[2]) >= 7  # all seven orders' slot time, each once
+    finally:
+        await conn.close()
+        await other.placements.close()
 
 
 async def test_a_pickup_code_live_at_the_cabinet_is_drawn_again_and_nothing_is_written_twice(

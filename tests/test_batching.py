@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.batching import Batcher, Pending
+from service.batching import Batcher, Pending, Writing
 
 
 async def test_requests_arriving_during_a_batch_go_together_in_the_next() -> None:
@@ -48,3 +48,45 @@ async def test_closing_answers_requests_still_waiting() -> None:
     for task in (running, waiting):
         with pytest.raises(RuntimeError, match="stopping"):
             await asyncio.wait_for(task, 2)
+
+
+async def test_the_next_batch_is_prepared_while_the_previous_is_written_and_writings_keep_order() -> None:
+    log: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def handle(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
+        raise AssertionError("every batch here is prepared")
+
+    def prepare(key: str, batch: list[Pending[int]]) -> Writing[int]:
+        item = batch[0].item
+        log.append(("prepared", item))
+        busy = asyncio.Event()
+
+        async def write() -> list[Pending[int]]:
+            log.append(("writing", item))
+            busy.set()
+            if item == 1:
+                await gate.wait()
+            log.append(("written", item))
+            batch[0].resolve(item * 10)
+            return []
+
+        return Writing(write(), busy)
+
+    b: Batcher[int] = Batcher(handle, max_batch=1, prepare=prepare)
+    tasks = [asyncio.create_task(b.submit("k", i)) for i in (1, 2, 3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert log == [("prepared", 1), ("writing", 1), ("prepared", 2)]  # 2 ahead, 1 not yet written
+    gate.set()
+    assert await asyncio.gather(*tasks) == [10, 20, 30]
+    writes = [e for e in log if e[0] != "prepared"]
+    assert writes == [
+        ("writing", 1),
+        ("written", 1),
+        ("writing", 2),
+        ("written", 2),
+        ("writing", 3),
+        ("written", 3),
+    ]
+    assert b.prepared == 3
