@@ -51,7 +51,7 @@ class Writing(Generic[T]):
     the database is at work on the batch's data, and the next batch is prepared meanwhile."""
 
     run: Coroutine[Any, Any, list[Pending[T]]]
-    busy: asyncio.Event = field(default_factory=asyncio.Event)
+    busy: asyncio.Event
 
 
 # prepare(key, batch): the batch's writing, or None to have the handler do the batch

@@ -158,21 +158,24 @@ class PlanCache:
         self._catch_up(held, world, versions, clock)
         return held, versions
 
-    def take(self, world: World, kitchen_id: str, slot_versions: dict[str, int]) -> Held | None:
-        """``checkout`` without the database, for a batch prepared ahead: the kitchen's entry with the
-        slot time of ``slot_versions`` when all of it is here and fresh (the caller then checks those
-        versions and the entry's under the locks); else None, and nothing is taken."""
-        held = self.entries.get(kitchen_id)
-        if held is None or held.world != id(world):
-            return None
+    def take(self, world: World, wants: dict[str, dict[str, int]]) -> dict[str, Held] | None:
+        """``checkout`` without the database, for a batch prepared ahead: each kitchen's entry of
+        ``wants`` with the slot time of its stations at the given versions, when all of it is here
+        and fresh (the caller then checks those versions and the entries' under the locks); else
+        None, and nothing is taken."""
         clock = time.monotonic()
-        for sid, v in slot_versions.items():
-            if not (self._held_fresh(held, sid, v, clock) or self._shared_fresh(sid, v, clock)):
+        for kid, versions in wants.items():
+            held = self.entries.get(kid)
+            if held is None or held.world != id(world):
                 return None
-        del self.entries[kitchen_id]
-        self.hits += 1
-        self._catch_up(held, world, slot_versions, clock)
-        return held
+            for sid, v in versions.items():
+                if not (self._held_fresh(held, sid, v, clock) or self._shared_fresh(sid, v, clock)):
+                    return None
+        taken = {kid: self.entries.pop(kid) for kid in wants}
+        for kid, held in taken.items():
+            self.hits += 1
+            self._catch_up(held, world, wants[kid], clock)
+        return taken
 
     def _held_fresh(self, held: Held, sid: str, version: int, clock: float) -> bool:
         mine = held.stations.get(sid)
@@ -665,21 +668,18 @@ def _prepare_placements(
         if version is None:
             return None
         read[sid] = version
-    taken: list[_KitchenTurn] = []
-    for turn in b.turns.values():
-        if turn.kitchen_id not in world.kitchens:
-            continue  # refused as unknown, as under the locks
-        mine = {p.item.body.station_id: read[p.item.body.station_id] for p in turn.work}
-        held = ctx.plans.take(world, turn.kitchen_id, mine)
-        if held is None:
-            for t in taken:  # untouched yet: back as they were
-                assert t.held is not None
-                ctx.plans.entries[t.kitchen_id] = t.held
-            return None
-        turn.held, turn.read, turn.state = held, mine, held.state
-        taken.append(turn)
+    known = [t for t in b.turns.values() if t.kitchen_id in world.kitchens]  # the others: refused
+    wants = {
+        t.kitchen_id: {p.item.body.station_id: read[p.item.body.station_id] for p in t.work} for t in known
+    }
+    taken = ctx.plans.take(world, wants)
+    if taken is None:
+        return None
+    for turn in known:
+        turn.held, turn.read = taken[turn.kitchen_id], wants[turn.kitchen_id]
+        turn.state = turn.held.state
     epoch = ctx.plans.epoch
-    versions = {t.kitchen_id: t.held.version for t in taken if t.held is not None}
+    versions = {kid: held.version for kid, held in taken.items()}
     b.admit(ctx)
     written = {sid: read[sid] + 1 for sid in b.stations if b.added.get(sid)}
     b.check_in(ctx, read, written)
@@ -727,7 +727,8 @@ async def _write_prepared(
         ctx.plans.clear()
         raise
     ctx.plans.clear()
-    return [*b.again, *await _place_batch(ctx, "orders", [p for p in batch if p.open and p not in b.again])]
+    later = {id(p) for p in b.again}
+    return [*b.again, *await _place_batch(ctx, "orders", [p for p in batch if p.open and id(p) not in later])]
 
 
 async def _refuse(
