@@ -103,6 +103,9 @@ class Held:
     stations: dict[str, tuple[int, float, StationSlots | None]] = field(default_factory=dict)
 
 
+SUGGESTION_LOAD_SECONDS = 1.0
+
+
 class PlanCache:
     """A kitchen's work ahead and the slot time at its stations, kept between placements.
 
@@ -121,6 +124,7 @@ class PlanCache:
         self.misses = 0
         self.caught_up = 0  # stations brought up to date by adding what other kitchens added
         self.epoch = 0  # moves whenever entries are dropped for being possibly wrong
+        self.suggestion_loaded_at = -SUGGESTION_LOAD_SECONDS
 
     async def checkout(
         self,
@@ -249,12 +253,22 @@ class PlanCache:
 
     def peek(self, kitchen_id: str, station_id: str) -> PlanState | None:
         """A kitchen's cached state for dry runs (suggestions, never promises) at a station whose
-        slot time it read not too long ago; None when this process has none to hand."""
+        slot time it holds, however old (it may miss frees since); None when this process has
+        none to hand."""
         held = self.entries.get(kitchen_id)
-        mine = held.stations.get(station_id) if held is not None else None
-        if held is None or mine is None or time.monotonic() - mine[1] > self.max_age:
+        if held is None or station_id not in held.stations:
             return None
         return held.state
+
+    def may_load_for_suggestions(self) -> bool:
+        """Whether a dry run may load a plan from the database now: at most once per
+        ``SUGGESTION_LOAD_SECONDS``, so that refusals at rush hour never turn into plan loads on the
+        event loop (their other suggestions come from the cache)."""
+        clock = time.monotonic()
+        if clock - self.suggestion_loaded_at < SUGGESTION_LOAD_SECONDS:
+            return False
+        self.suggestion_loaded_at = clock
+        return True
 
     def forget(self, kitchen_id: str, station_ids: Iterable[str] = ()) -> None:
         self.epoch += 1
@@ -482,7 +496,7 @@ class _KitchenTurn:
 
     kitchen_id: str
     work: list[Pending[PlaceRequest]]
-    state: PlanState
+    state: PlanState | None = None  # the held plan's; an empty one made at admission when none is held
     held: Held | None = None
     read: dict[str, int] = field(default_factory=dict)
     placed: int = 0
@@ -516,7 +530,7 @@ class _Batch:
                 keyed[idem] = p
             kid = p.item.body.kitchen_id
             if kid not in turns:
-                turns[kid] = _KitchenTurn(kid, [], PlanState(world))  # unknown: all refused
+                turns[kid] = _KitchenTurn(kid, [])
             turns[kid].work.append(p)
         return cls(world, now, again, keyed, turns)
 
@@ -543,7 +557,8 @@ class _Batch:
         for turn in self.turns.values():
             if turn.held is not None:
                 for sid in turn.read:
-                    turn.state.add_reservations(self.added.get(sid, []))
+                    turn.held.state.add_reservations(self.added.get(sid, []))
+            state = turn.state = turn.state or PlanState(world)  # none held (unknown kitchen): empty
             for p in turn.work:
                 if not p.open:
                     continue
@@ -551,11 +566,11 @@ class _Batch:
                 order = OrderReq(
                     new_id("o"), turn.kitchen_id, body.station_id, to_minute(body.eta), p.item.items
                 )
-                result = admit(world, turn.state, order, now_m, ctx.planner, new_id)
+                result = admit(world, state, order, now_m, ctx.planner, new_id)
                 if isinstance(result, Rejection):
-                    self.rejected.append((p, order, result, turn.state))
+                    self.rejected.append((p, order, result, state))
                     continue
-                turn.state.apply(result)
+                state.apply(result)
                 turn.placed += 1
                 self.added.setdefault(body.station_id, []).extend(result.reservations)
                 menu = world.kitchens[turn.kitchen_id].menu
@@ -573,7 +588,7 @@ class _Batch:
         for turn in self.turns.values():
             if turn.held is not None:
                 for sid, n in turn.seen.items():
-                    turn.state.add_reservations(self.added.get(sid, [])[n:])
+                    turn.held.state.add_reservations(self.added.get(sid, [])[n:])
                 version = turn.held.version + (1 if turn.placed else 0)
                 ctx.plans.checkin(turn.kitchen_id, turn.held, version, turn.read, written)
 
@@ -741,7 +756,7 @@ async def _refuse(
     try:
         async with ctx.pool.acquire() as conn:
             for p, order, rej, state in rejected:
-                alts = await alternatives(ctx, conn, world, state, order, now)
+                alts = await alternatives(ctx, conn, world, state, order, now, rej.reason)
                 p.fail(
                     Problem(
                         409,
@@ -884,17 +899,21 @@ async def alternatives(
     state: PlanState,
     order: OrderReq,
     now: datetime,
+    reason: str,
     limit: int = 4,
 ) -> list[Alternative]:
     """Dry runs: a later (or earlier) eta here, another kitchen at this station, another station.
-    Other kitchens' and stations' states come from the plan cache when it holds them (they may be a
-    placement or two behind: an alternative is a suggestion, admission decides)."""
+    Other kitchens' and stations' states come from the plan cache (they may be a placement or two
+    behind, or miss recent frees: an alternative is a suggestion, admission decides), loaded from
+    the database only within a small budget (``suggestion_state``). When ``reason`` is
+    that the station's cabinets are full then, no other kitchen is tried there at that eta: they
+    share those cabinets."""
     out: list[Alternative] = []
     now_m = to_minute_ceil(now)
 
     def fits(st: PlanState, o: OrderReq) -> bool:
         probe = OrderReq(o.id, o.kitchen_id, o.station_id, o.eta, dict(o.items))
-        return isinstance(admit(world, st, probe, now_m, ctx.planner, new_id), Insertion)
+        return isinstance(admit(world, st, probe, now_m, ctx.planner, new_id, explain=False), Insertion)
 
     for delta in (10, 20, 30, 45, 60, -10, -20):
         o = OrderReq(order.id, order.kitchen_id, order.station_id, order.eta + delta, order.items)
@@ -902,29 +921,36 @@ async def alternatives(
             out.append(Alternative(station_id=o.station_id, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
             if len(out) >= 2:
                 break
-    for kid, k in sorted(world.kitchens.items()):
+    for kid, k in sorted(world.kitchens.items()) if reason != "no-cabinet-capacity" else ():
         if kid == order.kitchen_id or order.station_id not in k.travel:
             continue
         if not all(s in k.menu for s in order.items):
             continue
-        st = ctx.plans.peek(kid, order.station_id) or await plan_q.load_state(
-            conn, world, kid, [order.station_id], now
-        )
+        st = await suggestion_state(ctx, conn, world, kid, order.station_id, now)
         o = OrderReq(order.id, kid, order.station_id, order.eta, order.items)
-        if fits(st, o):
+        if st is not None and fits(st, o):
             out.append(Alternative(station_id=o.station_id, kitchen_id=kid, eta=from_minute(o.eta)))
     own = world.kitchens.get(order.kitchen_id)
     if own is not None:
         others = sorted((t, s) for s, t in own.travel.items() if s != order.station_id)
         for _, sid in others[:3]:
-            st = ctx.plans.peek(order.kitchen_id, sid) or await plan_q.load_state(
-                conn, world, order.kitchen_id, [sid], now
-            )
+            st = await suggestion_state(ctx, conn, world, order.kitchen_id, sid, now)
             o = OrderReq(order.id, order.kitchen_id, sid, order.eta, order.items)
-            if fits(st, o):
+            if st is not None and fits(st, o):
                 out.append(Alternative(station_id=sid, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
                 break
     return out[:limit]
+
+
+async def suggestion_state(
+    ctx: Ctx, conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
+) -> PlanState | None:
+    """A state for a dry run at another kitchen or station: the cached one, else one loaded from
+    the database when the load budget allows, else None (that suggestion is left out)."""
+    st = ctx.plans.peek(kitchen_id, station_id)
+    if st is None and ctx.plans.may_load_for_suggestions():
+        st = await plan_q.load_state(conn, world, kitchen_id, [station_id], now)
+    return st
 
 
 # --------------------------------------------------------------------------- read

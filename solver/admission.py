@@ -123,24 +123,31 @@ def _by_end(t: Task) -> tuple[int, str]:
 
 
 class SlotBook:
-    """The parcels one slot holds, as sorted half-open intervals that do not overlap."""
+    """The parcels one slot holds, as sorted half-open intervals that do not overlap (with their
+    starts and ends also as lists of their own, for bisection without building tuples)."""
 
-    __slots__ = ("iv",)
+    __slots__ = ("ends", "iv", "starts")
 
     def __init__(self) -> None:
         self.iv: list[tuple[int, int, str]] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
 
     def add(self, s: int, e: int, oid: str) -> None:
-        bisect.insort(self.iv, (s, e, oid))
+        i = bisect.bisect_right(self.iv, (s, e, oid))
+        self.iv.insert(i, (s, e, oid))
+        self.starts.insert(i, s)
+        self.ends.insert(i, e)
 
     def remove(self, s: int, e: int, oid: str) -> None:
-        self.iv.remove((s, e, oid))
+        i = self.iv.index((s, e, oid))
+        del self.iv[i], self.starts[i], self.ends[i]
 
     def free_from(self, e: int) -> int:
         """The earliest start of a parcel that may stay until ``e``: the end of the last interval
         starting before ``e`` (``NEVER`` when there is none)."""
-        i = bisect.bisect_left(self.iv, (e,))  # intervals starting before e are iv[:i]
-        return self.iv[i - 1][1] if i else NEVER
+        i = bisect.bisect_left(self.starts, e)  # intervals starting before e are iv[:i]
+        return self.ends[i - 1] if i else NEVER
 
 
 # --------------------------------------------------------------------------- state
@@ -190,6 +197,16 @@ class PlanState:
         self.plan = Plan()
         self.kitchens = {kid: KitchenState(k) for kid, k in world.kitchens.items()}
         self.slot_busy: dict[tuple[str, str], SlotBook] = defaultdict(SlotBook)
+        # the slot picker's sorted free-from index per (cabinet, zone, size rank, end), valid while
+        # the cabinet's change count (``slot_changes``) is the one it was built at
+        self.slot_changes: dict[str, int] = defaultdict(int)
+        self.slot_index: dict[tuple[str, str, int, int], tuple[int, list[tuple[int, int]]]] = {}
+        # per (cabinet, zone, size rank): the books of its slots that have one (place in the group,
+        # starts, ends) and the first place without; valid while the cabinet's books are the same
+        self.book_changes: dict[str, int] = defaultdict(int)
+        self.group_books: dict[
+            tuple[str, str, int], tuple[int, list[tuple[int, list[int], list[int]]], int]
+        ] = {}
         self.res_by_order: dict[str, list[Reservation]] = defaultdict(list)
         self.run_of: dict[str, str] = {}
         self.tasks_of: dict[str, set[str]] = defaultdict(set)
@@ -251,12 +268,18 @@ class PlanState:
 
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
-        self.slot_busy[(rv.cabinet_id, rv.slot)].add(rv.start, rv.end, rv.order_id)
+        book = self.slot_busy.get((rv.cabinet_id, rv.slot))
+        if book is None:
+            book = self.slot_busy[(rv.cabinet_id, rv.slot)] = SlotBook()
+            self.book_changes[rv.cabinet_id] += 1
+        book.add(rv.start, rv.end, rv.order_id)
+        self.slot_changes[rv.cabinet_id] += 1
         self.res_by_order[rv.order_id].append(rv)
 
     def _drop_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.remove(rv)
         self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
+        self.slot_changes[rv.cabinet_id] += 1
 
     # -- changes
     def apply(self, ins: Insertion) -> None:
@@ -300,6 +323,8 @@ class PlanState:
         """Replace the slot time this state knows of."""
         self.plan.reservations = []
         self.slot_busy = defaultdict(SlotBook)
+        self.slot_index.clear()
+        self.group_books.clear()
         self.res_by_order = defaultdict(list)
         for rv in reservations:
             self._add_reservation(rv)
@@ -317,6 +342,9 @@ class PlanState:
             self.plan.reservations = [rv for rv in self.plan.reservations if rv.cabinet_id not in cabs]
             for key in [k for k in self.slot_busy if k[0] in cabs]:
                 del self.slot_busy[key]
+            for cab in cabs:
+                self.slot_changes[cab] += 1
+                self.book_changes[cab] += 1
             for oid in {rv.order_id for rv in gone}:
                 kept = [rv for rv in self.res_by_order.pop(oid, []) if rv.cabinet_id not in cabs]
                 if kept:
@@ -456,24 +484,51 @@ class _SlotPicker:
 
     With ``end`` fixed, a slot is free from ``a`` to ``end`` exactly when ``a`` is at or after the end
     of its last parcel starting before ``end`` (``SlotBook.free_from``), and that end is also the
-    snug-fit measure; so each slot is read at most once per order, when its group is first needed."""
+    snug-fit measure. So a size group needs one index per ``end``: its slots' free-from minutes
+    sorted (ties by label order), where the snuggest slot free at ``a`` is found by bisection. The
+    index is built when the group is first needed and kept in the state until the cabinet's slot time
+    changes (refused orders and their alternatives ask the same full cabinet again and again)."""
 
-    __slots__ = ("_free_from", "cabinets", "end", "parcels", "state")
+    __slots__ = ("cabinets", "end", "parcels", "state")
+
+    INDEX_LIMIT = 4096  # indexes a state keeps (each is a group's slots); beyond, it starts afresh
 
     def __init__(self, state: PlanState, cabinets: list[str], parcels: dict[str, str], end: int) -> None:
         self.state = state
         self.cabinets = cabinets
         self.parcels = [(zone, SIZE_RANK[size]) for zone, size in parcels.items()]
         self.end = end
-        self._free_from: dict[tuple[str, str, int], list[int]] = {}
 
-    def _group_free_from(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> list[int]:
-        got = self._free_from.get((cab, zone, rank))
-        if got is None:
-            busy = self.state.slot_busy
-            got = [(b.free_from(self.end) if (b := busy.get((cab, s.label))) else NEVER) for s in group]
-            self._free_from[(cab, zone, rank)] = got
-        return got
+    def _books(
+        self, cab: str, zone: str, rank: int, group: list[SlotInfo]
+    ) -> tuple[list[tuple[int, list[int], list[int]]], int]:
+        state, key = self.state, (cab, zone, rank)
+        changes = state.book_changes.get(cab, 0)
+        got = state.group_books.get(key)
+        if got is None or got[0] != changes:
+            busy = state.slot_busy
+            books = [(i, b.starts, b.ends) for i, s in enumerate(group) if (b := busy.get((cab, s.label)))]
+            unused = next((i for i, s in enumerate(group) if (cab, s.label) not in busy), -1)
+            got = state.group_books[key] = (changes, books, unused)
+        return got[1], got[2]
+
+    def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> list[tuple[int, int]]:
+        """The group's (free-from minute, -place in ``group``) in ascending order. Slots without a
+        book are free from ``NEVER``: of them only the first can be picked."""
+        state, key = self.state, (cab, zone, rank, self.end)
+        changes = state.slot_changes.get(cab, 0)
+        got = state.slot_index.get(key)
+        if got is None or got[0] != changes:
+            books, unused = self._books(cab, zone, rank, group)
+            end, left = self.end, bisect.bisect_left
+            index = [(ends[j - 1] if (j := left(starts, end)) else NEVER, -i) for i, starts, ends in books]
+            if unused >= 0:
+                index.append((NEVER, -unused))
+            index.sort()
+            if len(state.slot_index) >= self.INDEX_LIMIT:
+                state.slot_index.clear()
+            got = state.slot_index[key] = (changes, index)
+        return got[1]
 
     def pick(self, arrive: int) -> tuple[str, dict[str, SlotInfo]] | None:
         for cab in self.cabinets:
@@ -482,12 +537,11 @@ class _SlotPicker:
                 for rank, group in self.state.world.slots_by_size(cab, zone):
                     if rank < need:
                         continue
-                    best, best_from = -1, NEVER
-                    for i, f in enumerate(self._group_free_from(cab, zone, rank, group)):
-                        if f <= arrive and (best < 0 or f > best_from):
-                            best, best_from = i, f
-                    if best >= 0:
-                        chosen[zone] = group[best]
+                    index = self._index(cab, zone, rank, group)
+                    # the latest free-from at or before ``arrive``; of equal ones the first label
+                    j = bisect.bisect_right(index, (arrive, 1))
+                    if j:
+                        chosen[zone] = group[-index[j - 1][1]]
                         break
                 else:
                     break
@@ -528,7 +582,11 @@ def admit(
     now: int,
     settings: Settings,
     new_id: Callable[[str], str],
+    explain: bool = True,
 ) -> Insertion | Rejection:
+    """Fit one order into the plan (first fit, see the module's doc). ``explain=False`` is for dry
+    runs that only ask whether it fits: a refusal for capacity then says ``no-capacity`` without
+    working out which resource was short."""
     bad = validate(world, order)
     if bad is not None:
         return bad
@@ -585,21 +643,28 @@ def admit(
                     yield a, r
             yield a, None
 
-    stage = -1  # furthest stage reached: 0 cabinet ok, 1 courier ok
+    # each candidate needs a courier (or a run joined), a slot and room in the kitchen, checked
+    # cheapest first; which stage a refusal reached is worked out after (the refusal's reason)
+    courier_ok = False
     kitchen_failed_new = False
+    # a courier busy at minute t rules out a new run arriving in (t - travel, t + travel]
+    no_courier_lo = no_courier_hi = NEVER
     slots = _SlotPicker(state, cabinets, parcels, end)
     for a, run in candidates():
-        slot_pick = slots.pick(a)
-        if slot_pick is None:
-            continue
-        stage = max(stage, 0)
         depart = a - travel
         if run is None:
             if kitchen_failed_new and a <= target:
                 continue
-            if _last_conflict(ks.couriers, None, depart, a + travel, k.couriers) is not None:
+            if no_courier_lo < a <= no_courier_hi:
                 continue
-        stage = max(stage, 1)
+            busy_at = _last_conflict(ks.couriers, None, depart, a + travel, k.couriers)
+            if busy_at is not None:
+                no_courier_lo, no_courier_hi = busy_at - travel, busy_at + travel
+                continue
+        slot_pick = slots.pick(a)
+        if slot_pick is None:
+            continue
+        courier_ok = True
         att = _schedule_kitchen(ks, order, depart, fresh_lo, now, windows, new_id)
         if att is None:
             if run is None:
@@ -623,11 +688,13 @@ def admit(
             expiry[item.zone] = min(expiry.get(item.zone, 10**12), min(lst) + item.max_hold)
         order.cabinet_id = cab
         return Insertion(order, att.new, dict(att.joined), run, is_new, reservations, ready, expiry)
-    if stage < 0:
+    if courier_ok:
+        return Rejection("no-kitchen-capacity", f"{k.id} has no room to cook this for that time")
+    if not explain:
+        return Rejection("no-capacity", "no courier and slot free together for that time")
+    if not any(slots.pick(a) for a in itertools.chain(before, after)):
         return Rejection("no-cabinet-capacity", f"no free slot at {order.station_id} for that time")
-    if stage == 0:
-        return Rejection("no-courier-capacity", f"no courier of {k.id} free for that time")
-    return Rejection("no-kitchen-capacity", f"{k.id} has no room to cook this for that time")
+    return Rejection("no-courier-capacity", f"no courier of {k.id} free for that time")
 
 
 def _last_step_ends(att: _Attempt, k: KitchenView) -> dict[str, list[int]]:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -233,6 +234,18 @@ def local_windows(
     open_hhmm: str, close_hhmm: str, tz: ZoneInfo, start: int, end: int
 ) -> list[tuple[int, int]]:
     """Open hours as epoch-minute intervals for every local day touching [start, end)."""
+    day0 = start // 1440
+    every = _day_windows(open_hhmm, close_hhmm, tz, day0, max(day0, (end - 1) // 1440))
+    return [(w0, w1) for w0, w1 in every if w1 > start and w0 < end]
+
+
+@lru_cache(maxsize=4096)
+def _day_windows(
+    open_hhmm: str, close_hhmm: str, tz: ZoneInfo, day0: int, day1: int
+) -> tuple[tuple[int, int], ...]:
+    """Open hours of every local day touching the UTC epoch days ``day0`` to ``day1``, one day more
+    each side (admission asks for them with every order)."""
+    start, end = day0 * 1440, (day1 + 1) * 1440
     first = from_minute(start, tz).date() - timedelta(days=1)
     last = from_minute(end, tz).date() + timedelta(days=1)
     o, c = minutes_of(open_hhmm), minutes_of(close_hhmm)
@@ -245,7 +258,7 @@ def local_windows(
         if w1 > start and w0 < end:
             out.append((w0, w1))
         d += timedelta(days=1)
-    return out
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- planner view

@@ -199,6 +199,36 @@ def test_cabinet_full_is_reported_as_no_cabinet_capacity() -> None:
     assert check(w, state.plan, S) == []
 
 
+def test_a_full_cabinet_asked_again_sees_every_change_to_its_slot_time() -> None:
+    """The slot picker keeps its index of a full cabinet between orders; any change of the
+    cabinet's slot time (a removal, slot time replaced from elsewhere) must show at once."""
+    w = world()
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+
+    def juice(oid: str) -> Insertion | Rejection:
+        return admit(w, state, OrderReq(oid, "bakery", "north", eta, {"juice": 1}), eta - 120, S, new_id)
+
+    placed = []
+    for oid in ("j0", "j1"):
+        r = juice(oid)
+        assert isinstance(r, Insertion)
+        state.apply(r)
+        placed.append(r)
+    assert isinstance(juice("j2"), Rejection)  # asked twice: the index is kept
+    assert isinstance(juice("j2"), Rejection)
+    state.remove("j0")
+    again = juice("j2")
+    assert isinstance(again, Insertion)
+    assert again.reservations[0].slot == placed[0].reservations[0].slot
+    state.apply(again)
+    assert isinstance(juice("j3"), Rejection)
+    # the cabinet's slot time replaced as the database has it (here: emptied)
+    state.replace_reservations([again.reservations[0].cabinet_id], [])
+    assert isinstance(juice("j3"), Insertion)
+
+
 def test_remove_frees_everything_for_the_next_order() -> None:
     w, state, results = admitted_plan()
     first = next(o for o, r in results.items() if isinstance(r, Insertion))
