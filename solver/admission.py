@@ -269,8 +269,10 @@ class PlanState:
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
         book = self.slot_busy.get((rv.cabinet_id, rv.slot))
-        if book is None:
-            book = self.slot_busy[(rv.cabinet_id, rv.slot)] = SlotBook()
+        if book is None:  # the cabinet's first parcel: every slot of it gets its book
+            for sl in self.world.slots.get(rv.cabinet_id, ()):
+                self.slot_busy.setdefault((rv.cabinet_id, sl.label), SlotBook())
+            book = self.slot_busy.setdefault((rv.cabinet_id, rv.slot), SlotBook())
             self.book_changes[rv.cabinet_id] += 1
         book.add(rv.start, rv.end, rv.order_id)
         self.slot_changes[rv.cabinet_id] += 1
@@ -692,7 +694,8 @@ def admit(
         return Rejection("no-kitchen-capacity", f"{k.id} has no room to cook this for that time")
     if not explain:
         return Rejection("no-capacity", "no courier and slot free together for that time")
-    if not any(slots.pick(a) for a in itertools.chain(before, after)):
+    # a slot free from some arrival is free from any later one: the latest candidate, eta, tells
+    if earliest_arrive > eta or slots.pick(eta) is None:
         return Rejection("no-cabinet-capacity", f"no free slot at {order.station_id} for that time")
     return Rejection("no-courier-capacity", f"no courier of {k.id} free for that time")
 
