@@ -125,6 +125,7 @@ class PlanCache:
         self.caught_up = 0  # stations brought up to date by adding what other kitchens added
         self.epoch = 0  # moves whenever entries are dropped for being possibly wrong
         self.suggestion_loaded_at = -SUGGESTION_LOAD_SECONDS
+        self.suggestion_loads = 0  # plans loaded for refusals' suggestions
 
     async def checkout(
         self,
@@ -268,6 +269,7 @@ class PlanCache:
         if clock - self.suggestion_loaded_at < SUGGESTION_LOAD_SECONDS:
             return False
         self.suggestion_loaded_at = clock
+        self.suggestion_loads += 1
         return True
 
     def forget(self, kitchen_id: str, station_ids: Iterable[str] = ()) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -208,6 +209,28 @@ async def test_rejection_has_reason_and_alternatives(tiny: Client) -> None:
     )
     assert status == 201, placed
     await assert_plan_checks(tiny)
+
+
+async def test_refusals_in_a_row_load_plans_for_suggestions_at_most_once_a_second(tiny: Client) -> None:
+    # north's two chilled slots taken; with nothing cached, a suggestion at another station needs
+    # a plan from the database: refusals in a row may load one per second, the rest come from the
+    # cache or are left out, and each still suggests another eta
+    for who in ("a", "b"):
+        status, _ = await place(tiny, who, items=[{"sku": "juice", "qty": 1}])
+        assert status == 201
+    from service.api.keys import CTX
+
+    plans = tiny.app[CTX].plans
+    plans.entries.clear()
+    before, t0 = plans.suggestion_loads, time.monotonic()
+    for i in range(5):
+        status, body = await place(tiny, f"c{i}", items=[{"sku": "juice", "qty": 1}])
+        assert status == 409 and body["reason"] == "no-cabinet-capacity"
+        assert any(a["station_id"] == "north" and a["kitchen_id"] == "bakery" for a in body["alternatives"])
+    loads = plans.suggestion_loads - before
+    assert 1 <= loads <= 1 + int(time.monotonic() - t0)
+    _, text, _ = await tiny.call("GET", "/metrics", role="admin")
+    assert f"exitbox_plan_cache_suggestion_loads_total {plans.suggestion_loads}" in str(text)
 
 
 async def test_too_late_and_closed(tiny: Client) -> None:

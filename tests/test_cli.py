@@ -234,7 +234,10 @@ def test_serve_demo_answers_places_an_order_and_leaves_no_postgres(tmp_path: Pat
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+    output = proc.stdout.read() if proc.stdout else ""
     deadline = time.monotonic() + 10
     while _postgres_of(home) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _postgres_of(home) == [], "PostgreSQL was left running after Ctrl-C"
+    assert _postgres_of(home) == [], (
+        f"PostgreSQL was left running after Ctrl-C; serve said:\n{output[-3000:]}"
+    )

@@ -51,6 +51,7 @@ async def metrics(call: Call) -> web.Response:
         f"exitbox_plan_cache_hits_total {ctx.plans.hits}",
         f"exitbox_plan_cache_misses_total {ctx.plans.misses}",
         f"exitbox_plan_cache_dropped_total {ctx.plans.epoch}",
+        f"exitbox_plan_cache_suggestion_loads_total {ctx.plans.suggestion_loads}",
     ]
     try:
         async with ctx.pool.acquire(timeout=2) as conn:
