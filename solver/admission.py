@@ -143,11 +143,10 @@ class SlotBook:
         i = self.iv.index((s, e, oid))
         del self.iv[i], self.starts[i], self.ends[i]
 
-    def free_from(self, e: int) -> int:
-        """The earliest start of a parcel that may stay until ``e``: the end of the last interval
-        starting before ``e`` (``NEVER`` when there is none)."""
-        i = bisect.bisect_left(self.starts, e)  # intervals starting before e are iv[:i]
-        return self.ends[i - 1] if i else NEVER
+    def clear(self) -> None:
+        self.iv.clear()
+        self.starts.clear()
+        self.ends.clear()
 
 
 # --------------------------------------------------------------------------- state
@@ -196,17 +195,13 @@ class PlanState:
         self.world = world
         self.plan = Plan()
         self.kitchens = {kid: KitchenState(k) for kid, k in world.kitchens.items()}
+        # a slot's book, once made, stays for the state's life (emptied, never replaced)
         self.slot_busy: dict[tuple[str, str], SlotBook] = defaultdict(SlotBook)
         # the slot picker's sorted free-from index per (cabinet, zone, size rank, end), valid while
         # the cabinet's change count (``slot_changes``) is the one it was built at
         self.slot_changes: dict[str, int] = defaultdict(int)
         self.slot_index: dict[tuple[str, str, int, int], tuple[int, list[tuple[int, int]]]] = {}
-        # per (cabinet, zone, size rank): the books of its slots that have one (place in the group,
-        # starts, ends) and the first place without; valid while the cabinet's books are the same
-        self.book_changes: dict[str, int] = defaultdict(int)
-        self.group_books: dict[
-            tuple[str, str, int], tuple[int, list[tuple[int, list[int], list[int]]], int]
-        ] = {}
+        self.group_books: dict[tuple[str, str, int], list[SlotBook]] = {}  # books stay: built once
         self.res_by_order: dict[str, list[Reservation]] = defaultdict(list)
         self.run_of: dict[str, str] = {}
         self.tasks_of: dict[str, set[str]] = defaultdict(set)
@@ -268,13 +263,7 @@ class PlanState:
 
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
-        book = self.slot_busy.get((rv.cabinet_id, rv.slot))
-        if book is None:  # the cabinet's first parcel: every slot of it gets its book
-            for sl in self.world.slots.get(rv.cabinet_id, ()):
-                self.slot_busy.setdefault((rv.cabinet_id, sl.label), SlotBook())
-            book = self.slot_busy.setdefault((rv.cabinet_id, rv.slot), SlotBook())
-            self.book_changes[rv.cabinet_id] += 1
-        book.add(rv.start, rv.end, rv.order_id)
+        self.slot_busy[(rv.cabinet_id, rv.slot)].add(rv.start, rv.end, rv.order_id)
         self.slot_changes[rv.cabinet_id] += 1
         self.res_by_order[rv.order_id].append(rv)
 
@@ -324,9 +313,9 @@ class PlanState:
     def set_reservations(self, reservations: Iterable[Reservation]) -> None:
         """Replace the slot time this state knows of."""
         self.plan.reservations = []
-        self.slot_busy = defaultdict(SlotBook)
+        for book in self.slot_busy.values():
+            book.clear()
         self.slot_index.clear()
-        self.group_books.clear()
         self.res_by_order = defaultdict(list)
         for rv in reservations:
             self._add_reservation(rv)
@@ -342,11 +331,11 @@ class PlanState:
         gone = [rv for rv in self.plan.reservations if rv.cabinet_id in cabs]
         if gone:
             self.plan.reservations = [rv for rv in self.plan.reservations if rv.cabinet_id not in cabs]
-            for key in [k for k in self.slot_busy if k[0] in cabs]:
-                del self.slot_busy[key]
+            for key, book in self.slot_busy.items():
+                if key[0] in cabs:
+                    book.clear()
             for cab in cabs:
                 self.slot_changes[cab] += 1
-                self.book_changes[cab] += 1
             for oid in {rv.order_id for rv in gone}:
                 kept = [rv for rv in self.res_by_order.pop(oid, []) if rv.cabinet_id not in cabs]
                 if kept:
@@ -485,7 +474,7 @@ class _SlotPicker:
     previous parcel ends last before the arrival, then the label).
 
     With ``end`` fixed, a slot is free from ``a`` to ``end`` exactly when ``a`` is at or after the end
-    of its last parcel starting before ``end`` (``SlotBook.free_from``), and that end is also the
+    of its last parcel starting before ``end`` (its free-from minute), and that end is also the
     snug-fit measure. So a size group needs one index per ``end``: its slots' free-from minutes
     sorted (ties by label order), where the snuggest slot free at ``a`` is found by bisection. The
     index is built when the group is first needed and kept in the state until the cabinet's slot time
@@ -501,31 +490,19 @@ class _SlotPicker:
         self.parcels = [(zone, SIZE_RANK[size]) for zone, size in parcels.items()]
         self.end = end
 
-    def _books(
-        self, cab: str, zone: str, rank: int, group: list[SlotInfo]
-    ) -> tuple[list[tuple[int, list[int], list[int]]], int]:
-        state, key = self.state, (cab, zone, rank)
-        changes = state.book_changes.get(cab, 0)
-        got = state.group_books.get(key)
-        if got is None or got[0] != changes:
-            busy = state.slot_busy
-            books = [(i, b.starts, b.ends) for i, s in enumerate(group) if (b := busy.get((cab, s.label)))]
-            unused = next((i for i, s in enumerate(group) if (cab, s.label) not in busy), -1)
-            got = state.group_books[key] = (changes, books, unused)
-        return got[1], got[2]
-
     def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> list[tuple[int, int]]:
-        """The group's (free-from minute, -place in ``group``) in ascending order. Slots without a
-        book are free from ``NEVER``: of them only the first can be picked."""
+        """The group's (free-from minute, -place in ``group``) in ascending order."""
         state, key = self.state, (cab, zone, rank, self.end)
         changes = state.slot_changes.get(cab, 0)
         got = state.slot_index.get(key)
         if got is None or got[0] != changes:
-            books, unused = self._books(cab, zone, rank, group)
+            books = state.group_books.get(key[:3])
+            if books is None:
+                books = state.group_books[key[:3]] = [state.slot_busy[(cab, s.label)] for s in group]
             end, left = self.end, bisect.bisect_left
-            index = [(ends[j - 1] if (j := left(starts, end)) else NEVER, -i) for i, starts, ends in books]
-            if unused >= 0:
-                index.append((NEVER, -unused))
+            index = [
+                (b.ends[j - 1] if (j := left(b.starts, end)) else NEVER, -i) for i, b in enumerate(books)
+            ]
             index.sort()
             if len(state.slot_index) >= self.INDEX_LIMIT:
                 state.slot_index.clear()
@@ -695,7 +672,7 @@ def admit(
     if not explain:
         return Rejection("no-capacity", "no courier and slot free together for that time")
     # a slot free from some arrival is free from any later one: the latest candidate, eta, tells
-    if earliest_arrive > eta or slots.pick(eta) is None:
+    if slots.pick(eta) is None:
         return Rejection("no-cabinet-capacity", f"no free slot at {order.station_id} for that time")
     return Rejection("no-courier-capacity", f"no courier of {k.id} free for that time")
 

@@ -221,7 +221,7 @@ async def test_refusals_in_a_row_load_plans_for_suggestions_at_most_once_a_secon
     from service.api.keys import CTX
 
     plans = tiny.app[CTX].plans
-    plans.entries.clear()
+    plans.clear()
     before, t0 = plans.suggestion_loads, time.monotonic()
     for i in range(5):
         status, body = await place(tiny, f"c{i}", items=[{"sku": "juice", "qty": 1}])
