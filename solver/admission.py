@@ -122,31 +122,67 @@ def _by_end(t: Task) -> tuple[int, str]:
     return t.end, t.id
 
 
+def _by_arrive(r: Run) -> tuple[int, str]:
+    return r.arrive, r.id
+
+
 class SlotBook:
     """The parcels one slot holds, as sorted half-open intervals that do not overlap (with their
-    starts and ends also as lists of their own, for bisection without building tuples)."""
+    starts and ends also as lists of their own, for bisection without building tuples). Once the
+    slot picker indexes the slot's size group, every change also notes the slot's place in the
+    group's change log (``log``, ``pos``)."""
 
-    __slots__ = ("ends", "iv", "starts")
+    __slots__ = ("ends", "iv", "log", "pos", "starts")
 
     def __init__(self) -> None:
         self.iv: list[tuple[int, int, str]] = []
         self.starts: list[int] = []
         self.ends: list[int] = []
+        self.log: GroupLog | None = None
+        self.pos = 0
 
     def add(self, s: int, e: int, oid: str) -> None:
         i = bisect.bisect_right(self.iv, (s, e, oid))
         self.iv.insert(i, (s, e, oid))
         self.starts.insert(i, s)
         self.ends.insert(i, e)
+        if self.log is not None:
+            self.log.note(self.pos)
 
     def remove(self, s: int, e: int, oid: str) -> None:
         i = self.iv.index((s, e, oid))
         del self.iv[i], self.starts[i], self.ends[i]
+        if self.log is not None:
+            self.log.note(self.pos)
 
     def clear(self) -> None:
         self.iv.clear()
         self.starts.clear()
         self.ends.clear()
+        if self.log is not None:
+            self.log.note(self.pos)
+
+
+class GroupLog:
+    """The places (in a size group) of the slots whose books changed, in order. ``base`` counts the
+    notes dropped from the front: an index that has seen fewer than ``base`` is rebuilt."""
+
+    __slots__ = ("base", "limit", "places")
+
+    def __init__(self, size: int) -> None:
+        self.base = 0
+        self.places: list[int] = []
+        self.limit = 2 * size + 64
+
+    def note(self, pos: int) -> None:
+        self.places.append(pos)
+        if len(self.places) > self.limit:
+            self.base += len(self.places)
+            self.places.clear()
+
+    @property
+    def count(self) -> int:
+        return self.base + len(self.places)
 
 
 # --------------------------------------------------------------------------- state
@@ -159,11 +195,28 @@ class KitchenState:
     couriers: Usage = field(default_factory=Usage)
     # prep tasks by (sku, step), sorted by (end, id): a new unit looks only at batches ending in time
     batches: dict[tuple[str, int], list[Task]] = field(default_factory=lambda: defaultdict(list))
-    runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))
+    # the same with room for more units, and some that filled since (dropped when a search finds
+    # them full): every batch with room is here, so a search need not step over full ones
+    roomy: dict[tuple[str, int], list[Task]] = field(default_factory=lambda: defaultdict(list))
+    roomy_ids: set[str] = field(default_factory=set)
+    runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))  # by (arrive, id)
 
     def __post_init__(self) -> None:
         for r in self.view.capacity:
             self.usage.setdefault(r, Usage())
+
+    def note_room(self, t: Task) -> None:
+        """A prep task that may have room for more units (new, or units taken out of it)."""
+        if t.id in self.roomy_ids or t.sku is None or t.step is None:
+            return
+        if t.total_units < self.view.menu[t.sku].steps[t.step - 1][2]:
+            bisect.insort(self.roomy[(t.sku, t.step)], t, key=_by_end)
+            self.roomy_ids.add(t.id)
+
+    def _unroom(self, t: Task) -> None:
+        if t.id in self.roomy_ids:
+            self.roomy[(t.sku or "", t.step or 0)].remove(t)
+            self.roomy_ids.discard(t.id)
 
 
 @dataclass
@@ -197,11 +250,10 @@ class PlanState:
         self.kitchens = {kid: KitchenState(k) for kid, k in world.kitchens.items()}
         # a slot's book, once made, stays for the state's life (emptied, never replaced)
         self.slot_busy: dict[tuple[str, str], SlotBook] = defaultdict(SlotBook)
-        # the slot picker's sorted free-from index per (cabinet, zone, size rank, end), valid while
-        # the cabinet's change count (``slot_changes``) is the one it was built at
-        self.slot_changes: dict[str, int] = defaultdict(int)
-        self.slot_index: dict[tuple[str, str, int, int], tuple[int, list[tuple[int, int]]]] = {}
-        self.group_books: dict[tuple[str, str, int], list[SlotBook]] = {}  # books stay: built once
+        # the slot picker's sorted free-from index per (cabinet, zone, size rank, end), brought up
+        # to date from its group's change log when asked (``_SlotPicker._index``)
+        self.slot_index: dict[tuple[str, str, int, int], SlotIndex] = {}
+        self.group_books: dict[tuple[str, str, int], tuple[list[SlotBook], GroupLog]] = {}
         self.res_by_order: dict[str, list[Reservation]] = defaultdict(list)
         self.run_of: dict[str, str] = {}
         self.tasks_of: dict[str, set[str]] = defaultdict(set)
@@ -225,6 +277,7 @@ class PlanState:
         ks.usage.setdefault(t.resource, Usage()).add(t.start, t.end)
         if t.kind == "prep" and t.sku is not None and t.step is not None:
             bisect.insort(ks.batches[(t.sku, t.step)], t, key=_by_end)
+            ks.note_room(t)
         for oid in t.units:
             self.tasks_of[oid].add(t.id)
 
@@ -235,10 +288,12 @@ class PlanState:
         batch = ks.batches.get((t.sku or "", t.step or 0)) if t.kind == "prep" else None
         if batch is not None:
             batch.remove(t)
+            ks._unroom(t)
         t.start, t.end = start, start + (t.end - t.start)
         ks.usage[t.resource].add(t.start, t.end)
         if batch is not None:
             bisect.insort(batch, t, key=_by_end)
+            ks.note_room(t)
 
     def _drop_task(self, t: Task) -> None:
         del self.plan.tasks[t.id]
@@ -246,12 +301,13 @@ class PlanState:
         ks.usage[t.resource].add(t.start, t.end, -1)
         if t.kind == "prep" and t.sku is not None and t.step is not None:
             ks.batches[(t.sku, t.step)].remove(t)
+            ks._unroom(t)
 
     def _add_run(self, r: Run) -> None:
         self.plan.runs[r.id] = r
         ks = self.kitchens[r.kitchen_id]
         ks.couriers.add(r.depart, r.back)
-        ks.runs[r.station_id].append(r)
+        bisect.insort(ks.runs[r.station_id], r, key=_by_arrive)
         for oid in r.orders:
             self.run_of[oid] = r.id
 
@@ -264,13 +320,11 @@ class PlanState:
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
         self.slot_busy[(rv.cabinet_id, rv.slot)].add(rv.start, rv.end, rv.order_id)
-        self.slot_changes[rv.cabinet_id] += 1
         self.res_by_order[rv.order_id].append(rv)
 
     def _drop_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.remove(rv)
         self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
-        self.slot_changes[rv.cabinet_id] += 1
 
     # -- changes
     def apply(self, ins: Insertion) -> None:
@@ -300,6 +354,8 @@ class PlanState:
             t.units.pop(order_id, None)
             if not t.units:
                 self._drop_task(t)
+            elif t.kind == "prep":
+                self.kitchens[t.kitchen_id].note_room(t)
         rid = self.run_of.pop(order_id, None)
         if rid is not None and rid in self.plan.runs:
             r = self.plan.runs[rid]
@@ -315,7 +371,6 @@ class PlanState:
         self.plan.reservations = []
         for book in self.slot_busy.values():
             book.clear()
-        self.slot_index.clear()
         self.res_by_order = defaultdict(list)
         for rv in reservations:
             self._add_reservation(rv)
@@ -334,8 +389,6 @@ class PlanState:
             for key, book in self.slot_busy.items():
                 if key[0] in cabs:
                     book.clear()
-            for cab in cabs:
-                self.slot_changes[cab] += 1
             for oid in {rv.order_id for rv in gone}:
                 kept = [rv for rv in self.res_by_order.pop(oid, []) if rv.cabinet_id not in cabs]
                 if kept:
@@ -425,13 +478,18 @@ def _schedule_items(
             while i < len(deadlines):
                 d = deadlines[i]
                 best: Task | None = None
-                open_ = ks.batches.get((sku, step), [])
+                open_ = ks.roomy.get((sku, step), [])
                 # the latest batch ending in [lb, d] with room (the list is sorted by end)
                 j = bisect.bisect_right(open_, (d, "\uffff"), key=_by_end)
                 while j and open_[j - 1].end >= lb:
                     j -= 1
                     t = open_[j]
-                    if t.frozen or t.start <= now or batch - t.total_units - att.joined.get(t.id, 0) <= 0:
+                    room = batch - t.total_units
+                    if room <= 0:  # filled since it was listed
+                        del open_[j]
+                        ks.roomy_ids.discard(t.id)
+                        continue
+                    if t.frozen or t.start <= now or room - att.joined.get(t.id, 0) <= 0:
                         continue
                     best = t
                     break
@@ -468,6 +526,27 @@ def _schedule_items(
     return True
 
 
+class SlotIndex:
+    """A size group's slots' free-from minutes for one ``end``, per place (``free``) and sorted as
+    (free-from, -place) (``order``), as of ``seen`` notes of the group's change log."""
+
+    __slots__ = ("free", "order", "seen")
+
+    def __init__(self, seen: int, books: list[SlotBook], end: int) -> None:
+        self.seen = seen
+        left = bisect.bisect_left
+        self.free = free = [
+            (b.ends[j - 1] if (j := left(b.starts, end)) else NEVER) if b.starts else NEVER for b in books
+        ]
+        self.order = sorted(zip(free, range(0, -len(free), -1), strict=True))
+
+
+def _free_from(book: SlotBook, end: int) -> int:
+    """The end of the slot's last parcel starting before ``end`` (NEVER when there is none)."""
+    j = bisect.bisect_left(book.starts, end)
+    return book.ends[j - 1] if j else NEVER
+
+
 class _SlotPicker:
     """For one order: per arrival minute, the first cabinet with a free slot for each parcel until
     ``end`` (per parcel the smallest size that holds it, then the snuggest fit: the slot whose
@@ -477,8 +556,8 @@ class _SlotPicker:
     of its last parcel starting before ``end`` (its free-from minute), and that end is also the
     snug-fit measure. So a size group needs one index per ``end``: its slots' free-from minutes
     sorted (ties by label order), where the snuggest slot free at ``a`` is found by bisection. The
-    index is built when the group is first needed and kept in the state until the cabinet's slot time
-    changes (refused orders and their alternatives ask the same full cabinet again and again)."""
+    index is built when the group is first needed and kept in the state; when asked again it takes
+    in only the slots changed since (the group's change log), or is built afresh after many."""
 
     __slots__ = ("cabinets", "end", "parcels", "state")
 
@@ -492,22 +571,35 @@ class _SlotPicker:
 
     def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> list[tuple[int, int]]:
         """The group's (free-from minute, -place in ``group``) in ascending order."""
-        state, key = self.state, (cab, zone, rank, self.end)
-        changes = state.slot_changes.get(cab, 0)
-        got = state.slot_index.get(key)
-        if got is None or got[0] != changes:
-            books = state.group_books.get(key[:3])
-            if books is None:
-                books = state.group_books[key[:3]] = [state.slot_busy[(cab, s.label)] for s in group]
-            end, left = self.end, bisect.bisect_left
-            index = [
-                (b.ends[j - 1] if (j := left(b.starts, end)) else NEVER, -i) for i, b in enumerate(books)
-            ]
-            index.sort()
+        state, end = self.state, self.end
+        got = state.group_books.get((cab, zone, rank))
+        if got is None:
+            log = GroupLog(len(group))
+            books = [state.slot_busy[(cab, s.label)] for s in group]
+            for i, b in enumerate(books):
+                b.log, b.pos = log, i
+            got = state.group_books[(cab, zone, rank)] = (books, log)
+        books, log = got
+        key = (cab, zone, rank, end)
+        ix = state.slot_index.get(key)
+        if ix is not None and ix.seen < log.count:
+            changed = set(log.places[ix.seen - log.base :]) if ix.seen >= log.base else None
+            if changed is None or 4 * len(changed) > len(books):
+                ix = None  # many changes: building afresh is cheaper
+            else:
+                order, free = ix.order, ix.free
+                for i in changed:
+                    f = _free_from(books[i], end)
+                    if f != free[i]:
+                        del order[bisect.bisect_left(order, (free[i], -i))]
+                        bisect.insort(order, (f, -i))
+                        free[i] = f
+                ix.seen = log.count
+        if ix is None:
             if len(state.slot_index) >= self.INDEX_LIMIT:
                 state.slot_index.clear()
-            got = state.slot_index[key] = (changes, index)
-        return got[1]
+            ix = state.slot_index[key] = SlotIndex(log.count, books, end)
+        return ix.order
 
     def pick(self, arrive: int) -> tuple[str, dict[str, SlotInfo]] | None:
         for cab in self.cabinets:
@@ -595,19 +687,44 @@ def admit(
     earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes)
 
     # candidates: (arrive, run or None); preference: at or before target, latest first; then after
+    there = ks.runs.get(order.station_id, [])
     joinable = [
         r
-        for r in ks.runs.get(order.station_id, ())
-        if not r.frozen
-        and r.depart > now
-        and len(r.orders) < k.run_capacity
-        and earliest_arrive <= r.arrive <= eta
+        for r in there[
+            bisect.bisect_left(there, (earliest_arrive, ""), key=_by_arrive) : bisect.bisect_right(
+                there, (eta, "\uffff"), key=_by_arrive
+            )
+        ]
+        if not r.frozen and r.depart > now and len(r.orders) < k.run_capacity
     ]
     by_arrive: dict[int, list[Run]] = defaultdict(list)
     for r in joinable:
-        by_arrive[r.arrive].append(r)
-    before = range(min(target, eta), earliest_arrive - 1, -1)
-    after = range(target + 1, eta + 1)
+        by_arrive[r.arrive].append(r)  # in id order, as the list is
+    cm, cap = ks.couriers.m, k.couriers
+
+    def new_runs(a: int, stop: int, step: int) -> Iterator[int]:
+        """Arrivals from ``a`` to ``stop`` (``step`` 1 or -1) for which a courier is free from
+        departure to return ([a - travel, a + travel)), found in one pass over the minutes."""
+        need = 2 * travel
+        if need <= 0:
+            yield from range(a, stop + step, step)
+            return
+        free = 0
+        # going down, minute t with ``need`` free minutes from it makes arrival t + travel; going up,
+        # t with ``need`` free minutes up to it makes arrival t + 1 - travel
+        t, last, shift = (
+            (a + travel - 1, stop - travel, travel)
+            if step < 0
+            else (a - travel, stop + travel - 1, 1 - travel)
+        )
+        while (t >= last) if step < 0 else (t <= last):
+            if cm.get(t, 0) >= cap:
+                free = 0
+            else:
+                free += 1
+                if free >= need:
+                    yield t + shift
+            t += step
 
     def candidates() -> Iterator[tuple[int, Run | None]]:
         # run aware: a run already going there close to the target is joined first
@@ -616,30 +733,34 @@ def admit(
         for r in near:
             yield r.arrive, r
         tried = {r.id for r in near}
-        for a in itertools.chain(before, after):
-            for r in sorted(by_arrive.get(a, []), key=lambda r: r.id):
-                if r.id not in tried:
-                    yield a, r
-            yield a, None
+        # then per arrival minute, at or before the target latest first, then after it: the runs
+        # arriving then, then a new run (when a courier is free for it)
+        for hi, lo, step in ((min(target, eta), earliest_arrive, -1), (target + 1, eta, 1)):
+            news = new_runs(hi, lo, step)
+            nxt = next(news, None)
+            minutes = [m for m in by_arrive if (lo <= m <= hi if step < 0 else hi <= m <= lo)]
+            minutes.sort(reverse=step < 0)
+            for m in minutes:
+                while nxt is not None and (nxt > m if step < 0 else nxt < m):
+                    if step < 0 and kitchen_failed_new:  # no new run at or before the target then
+                        nxt = None
+                        break
+                    yield nxt, None
+                    nxt = next(news, None)
+                for r in by_arrive[m]:
+                    if r.id not in tried:
+                        yield m, r
+            while nxt is not None and not (step < 0 and kitchen_failed_new):
+                yield nxt, None
+                nxt = next(news, None)
 
     # each candidate needs a courier (or a run joined), a slot and room in the kitchen, checked
     # cheapest first; which stage a refusal reached is worked out after (the refusal's reason)
     courier_ok = False
     kitchen_failed_new = False
-    # a courier busy at minute t rules out a new run arriving in (t - travel, t + travel]
-    no_courier_lo = no_courier_hi = NEVER
     slots = _SlotPicker(state, cabinets, parcels, end)
     for a, run in candidates():
         depart = a - travel
-        if run is None:
-            if kitchen_failed_new and a <= target:
-                continue
-            if no_courier_lo < a <= no_courier_hi:
-                continue
-            busy_at = _last_conflict(ks.couriers, None, depart, a + travel, k.couriers)
-            if busy_at is not None:
-                no_courier_lo, no_courier_hi = busy_at - travel, busy_at + travel
-                continue
         slot_pick = slots.pick(a)
         if slot_pick is None:
             continue

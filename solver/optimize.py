@@ -716,6 +716,7 @@ class Optimizer:
                 state._add_task(t)
                 continue
             old.units = dict(t.units)  # a task that stayed (shared with orders that stay)
+            state.kitchens[old.kitchen_id].note_room(old)
             for oid in t.units:
                 state.tasks_of[oid].add(tid)
         for oid in orders:

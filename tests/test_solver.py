@@ -100,6 +100,34 @@ def test_second_order_joins_the_open_croissant_batch_and_the_run() -> None:
     assert len(ovens) == 1 and ovens[0].total_units == 5
 
 
+def test_a_batch_that_filled_and_regained_room_is_joined_again() -> None:
+    """Searches step over batches that filled (and forget them); a batch that regains room when an
+    order leaves it is open to the next order again."""
+    w = world()
+    w.kitchens["bakery"].capacity["pack"] = 3  # packing is not what this test is about
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    now = eta - 120
+    size = w.kitchens["bakery"].menu["croissant"].steps[-1][2]
+    assert size >= 2
+
+    def croissants(oid: str, n: int, dry: bool = False) -> Insertion:
+        r = admit(w, state, OrderReq(oid, "bakery", "north", eta, {"croissant": n}), now, S, new_id)
+        assert isinstance(r, Insertion), r
+        if not dry:
+            state.apply(r)
+        return r
+
+    a = croissants("a", size - 1)
+    (oven,) = [t for t in a.new_tasks if t.resource == "oven"]
+    assert oven.id in croissants("b", 1).joins  # now full
+    assert oven.id not in croissants("c", 1, dry=True).joins
+    state.remove("b")
+    assert oven.id in croissants("d", 1).joins
+    assert check(w, state.plan, S) == []
+
+
 def test_consolidation_merges_a_later_batch_into_an_earlier_one_that_keeps_it_fresh() -> None:
     """The later order came first and got its own oven batch; the earlier one could not join it (it
     would be ready too late). Consolidation moves the later order's croissants into the earlier batch,
