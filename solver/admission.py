@@ -122,6 +122,10 @@ def _by_end(t: Task) -> tuple[int, str]:
     return t.end, t.id
 
 
+def _rv_key(rv: Reservation) -> tuple[str, str, str, str, str, int, int, bool]:
+    return rv.order_id, rv.cabinet_id, rv.zone, rv.size, rv.slot, rv.start, rv.end, rv.frozen
+
+
 def _by_arrive(r: Run) -> tuple[int, str]:
     return r.arrive, r.id
 
@@ -366,35 +370,38 @@ class PlanState:
             self._drop_reservation(rv)
         self.plan.orders.pop(order_id, None)
 
-    def set_reservations(self, reservations: Iterable[Reservation]) -> None:
-        """Replace the slot time this state knows of."""
-        self.plan.reservations = []
-        for book in self.slot_busy.values():
-            book.clear()
-        self.res_by_order = defaultdict(list)
-        for rv in reservations:
-            self._add_reservation(rv)
-
     def add_reservations(self, reservations: Iterable[Reservation]) -> None:
         """Slot time taken meanwhile by others (already in no plan of this state)."""
         for rv in reservations:
             self._add_reservation(rv)
 
     def replace_reservations(self, cabinets: Iterable[str], reservations: Iterable[Reservation]) -> None:
-        """Replace the slot time of some cabinets; that of the others stays as it is."""
+        """Replace the slot time of some cabinets; that of the others stays as it is. Slot time
+        that is in both stays untouched (a re-read mostly finds what was there), so only the slots
+        whose time differs change."""
         cabs = set(cabinets)
-        gone = [rv for rv in self.plan.reservations if rv.cabinet_id in cabs]
+        incoming = {_rv_key(rv): rv for rv in reservations}
+        kept: set[tuple[str, str, str, str, str, int, int, bool]] = set()
+        stay: list[Reservation] = []
+        gone: list[Reservation] = []
+        for rv in self.plan.reservations:
+            if rv.cabinet_id in cabs:
+                key = _rv_key(rv)
+                if key not in incoming or key in kept:
+                    gone.append(rv)
+                    continue
+                kept.add(key)
+            stay.append(rv)
         if gone:
-            self.plan.reservations = [rv for rv in self.plan.reservations if rv.cabinet_id not in cabs]
-            for key, book in self.slot_busy.items():
-                if key[0] in cabs:
-                    book.clear()
-            for oid in {rv.order_id for rv in gone}:
-                kept = [rv for rv in self.res_by_order.pop(oid, []) if rv.cabinet_id not in cabs]
-                if kept:
-                    self.res_by_order[oid] = kept
-        for rv in reservations:
-            self._add_reservation(rv)
+            self.plan.reservations = stay
+            for rv in gone:
+                self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
+                left = [x for x in self.res_by_order.pop(rv.order_id, []) if x is not rv]
+                if left:
+                    self.res_by_order[rv.order_id] = left
+        for key, rv in incoming.items():
+            if key not in kept:
+                self._add_reservation(rv)
 
 
 # --------------------------------------------------------------------------- admission
@@ -527,18 +534,32 @@ def _schedule_items(
 
 
 class SlotIndex:
-    """A size group's slots' free-from minutes for one ``end``, per place (``free``) and sorted as
-    (free-from, -place) (``order``), as of ``seen`` notes of the group's change log."""
+    """A size group's slots' free-from minutes for one ``end``, per place (``free``), and sorted by
+    (free-from, -place) as the plain numbers free-from * ``m`` - place (``order``; ``m`` is more
+    than any place, and numbers sort much faster than pairs), as of ``seen`` notes of the group's
+    change log. ``pick(a)`` is the place of the last slot free at ``a`` in that order."""
 
-    __slots__ = ("free", "order", "seen")
+    __slots__ = ("free", "m", "order", "seen")
 
     def __init__(self, seen: int, books: list[SlotBook], end: int) -> None:
         self.seen = seen
+        self.m = m = len(books)
         left = bisect.bisect_left
         self.free = free = [
             (b.ends[j - 1] if (j := left(b.starts, end)) else NEVER) if b.starts else NEVER for b in books
         ]
-        self.order = sorted(zip(free, range(0, -len(free), -1), strict=True))
+        self.order = sorted([f * m - i for i, f in enumerate(free)])
+
+    def move(self, i: int, f: int) -> None:
+        """Slot ``i`` is now free from ``f``."""
+        order, m = self.order, self.m
+        del order[bisect.bisect_left(order, self.free[i] * m - i)]
+        bisect.insort(order, f * m - i)
+        self.free[i] = f
+
+    def pick(self, arrive: int) -> int | None:
+        j = bisect.bisect_right(self.order, arrive * self.m)
+        return -self.order[j - 1] % self.m if j else None
 
 
 def _free_from(book: SlotBook, end: int) -> int:
@@ -569,8 +590,8 @@ class _SlotPicker:
         self.parcels = [(zone, SIZE_RANK[size]) for zone, size in parcels.items()]
         self.end = end
 
-    def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> list[tuple[int, int]]:
-        """The group's (free-from minute, -place in ``group``) in ascending order."""
+    def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> SlotIndex:
+        """The group's index for ``end``, up to date."""
         state, end = self.state, self.end
         got = state.group_books.get((cab, zone, rank))
         if got is None:
@@ -584,22 +605,20 @@ class _SlotPicker:
         ix = state.slot_index.get(key)
         if ix is not None and ix.seen < log.count:
             changed = set(log.places[ix.seen - log.base :]) if ix.seen >= log.base else None
-            if changed is None or 4 * len(changed) > len(books):
+            if changed is None or 2 * len(changed) > len(books):
                 ix = None  # many changes: building afresh is cheaper
             else:
-                order, free = ix.order, ix.free
+                free = ix.free
                 for i in changed:
                     f = _free_from(books[i], end)
                     if f != free[i]:
-                        del order[bisect.bisect_left(order, (free[i], -i))]
-                        bisect.insort(order, (f, -i))
-                        free[i] = f
+                        ix.move(i, f)
                 ix.seen = log.count
         if ix is None:
             if len(state.slot_index) >= self.INDEX_LIMIT:
                 state.slot_index.clear()
             ix = state.slot_index[key] = SlotIndex(log.count, books, end)
-        return ix.order
+        return ix
 
     def pick(self, arrive: int) -> tuple[str, dict[str, SlotInfo]] | None:
         for cab in self.cabinets:
@@ -608,11 +627,10 @@ class _SlotPicker:
                 for rank, group in self.state.world.slots_by_size(cab, zone):
                     if rank < need:
                         continue
-                    index = self._index(cab, zone, rank, group)
                     # the latest free-from at or before ``arrive``; of equal ones the first label
-                    j = bisect.bisect_right(index, (arrive, 1))
-                    if j:
-                        chosen[zone] = group[-index[j - 1][1]]
+                    i = self._index(cab, zone, rank, group).pick(arrive)
+                    if i is not None:
+                        chosen[zone] = group[i]
                         break
                 else:
                     break
@@ -759,10 +777,19 @@ def admit(
     courier_ok = False
     kitchen_failed_new = False
     slots = _SlotPicker(state, cabinets, parcels, end)
+    # no slot free from an arrival means none free from any earlier one (the slot time needed
+    # only grows): arrivals at or before ``no_slot`` are not asked again
+    no_slot = NEVER
+    picked: tuple[int, tuple[str, dict[str, SlotInfo]] | None] = (NEVER, None)
     for a, run in candidates():
+        if a <= no_slot:
+            continue
         depart = a - travel
-        slot_pick = slots.pick(a)
+        if picked[0] != a:  # a run joined and a new run at the same minute share one pick
+            picked = (a, slots.pick(a))
+        slot_pick = picked[1]
         if slot_pick is None:
+            no_slot = a
             continue
         courier_ok = True
         att = _schedule_kitchen(ks, order, depart, fresh_lo, now, windows, new_id)

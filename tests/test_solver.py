@@ -257,6 +257,45 @@ def test_a_full_cabinet_asked_again_sees_every_change_to_its_slot_time() -> None
     assert isinstance(juice("j3"), Insertion)
 
 
+def test_replacing_a_cabinets_slot_time_leaves_the_state_as_if_loaded_afresh() -> None:
+    """Slot time re-read from the database replaces a cabinet's (what is in both stays untouched);
+    the state then holds exactly what a state loaded with the new slot time holds."""
+    import itertools
+    import random
+
+    from solver.model import Reservation
+
+    w = world()
+    rng = random.Random(7)
+    ids = itertools.count()
+
+    def some(cab: str, n: int) -> list[Reservation]:
+        out = []
+        for i in range(n):
+            sl = rng.choice(w.slots[cab])
+            start = 400 + 30 * i
+            # two parcels of an order, or one of each of several orders
+            oid = f"o{next(ids) // 2}"
+            out.append(Reservation(oid, cab, sl.zone, sl.size, sl.label, start, start + 20))
+        return out
+
+    for _ in range(20):
+        north, south = some("north-a", 8), some("south-a", 5)
+        state = PlanState(w)
+        state.add_reservations(north + south)
+        new_north = rng.sample(north, 4) + some("north-a", 3)
+        state.replace_reservations(["north-a"], new_north)
+        fresh = PlanState(w)
+        fresh.add_reservations(south + new_north)
+
+        def held(st: PlanState) -> tuple[list[tuple], dict, dict]:
+            books = {k: list(b.iv) for k, b in st.slot_busy.items() if b.iv}
+            by_order = {o: sorted(map(repr, v)) for o, v in st.res_by_order.items() if v}
+            return sorted(map(repr, st.plan.reservations)), books, by_order
+
+        assert held(state) == held(fresh)
+
+
 def test_remove_frees_everything_for_the_next_order() -> None:
     w, state, results = admitted_plan()
     first = next(o for o, r in results.items() if isinstance(r, Insertion))
