@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -282,7 +282,7 @@ class ItemView:
     price_cents: int = 0
     name: str = ""
 
-    @property
+    @cached_property
     def chain_minutes(self) -> int:
         return sum(m for _, m, _ in self.steps)
 
