@@ -25,7 +25,7 @@ import asyncpg
 
 from db.queries import plans as plan_q
 from db.queries.network import STAMP_COLUMNS, load_network, network_stamp, stamp_of
-from solver.admission import Insertion, PlanState, Rejection, admit
+from solver.admission import NEVER, Insertion, PlanState, Rejection, admit, later_eta_from
 from solver.model import NetworkSpec, OrderReq, Reservation, World, from_minute, to_minute, to_minute_ceil
 from solver.model import Settings as PlannerSettings
 
@@ -758,7 +758,7 @@ async def _refuse(
     try:
         async with ctx.pool.acquire() as conn:
             for p, order, rej, state in rejected:
-                alts = await alternatives(ctx, conn, world, state, order, now, rej.reason)
+                alts = await alternatives(ctx, conn, world, state, order, now, rej)
                 p.fail(
                     Problem(
                         409,
@@ -901,29 +901,31 @@ async def alternatives(
     state: PlanState,
     order: OrderReq,
     now: datetime,
-    reason: str,
+    refused: Rejection,
     limit: int = 4,
 ) -> list[Alternative]:
     """Dry runs: a later (or earlier) eta here, another kitchen at this station, another station.
     Other kitchens' and stations' states come from the plan cache (they may be a placement or two
     behind, or miss recent frees: an alternative is a suggestion, admission decides), loaded from
-    the database only within a small budget (``suggestion_state``). When ``reason`` is
-    that the station's cabinets are full then, no other kitchen is tried there at that eta: they
-    share those cabinets."""
+    the database only within a small budget (``suggestion_state``). When the order was ``refused``
+    because the station's cabinets are full then, no other kitchen is tried there at that eta: they
+    share those cabinets; a later eta here tries only arrivals after the refused one's eta when
+    those up to it are known to fail (``later_eta_from``)."""
     out: list[Alternative] = []
     now_m = to_minute_ceil(now)
 
-    def fits(st: PlanState, o: OrderReq) -> bool:
+    def fits(st: PlanState, o: OrderReq, after: int = NEVER) -> bool:
         probe = OrderReq(o.id, o.kitchen_id, o.station_id, o.eta, dict(o.items))
-        return isinstance(admit(world, st, probe, now_m, ctx.planner, new_id, explain=False), Insertion)
+        got = admit(world, st, probe, now_m, ctx.planner, new_id, explain=False, after=after)
+        return isinstance(got, Insertion)
 
     for delta in (10, 20, 30, 45, 60, -10, -20):
         o = OrderReq(order.id, order.kitchen_id, order.station_id, order.eta + delta, order.items)
-        if o.eta > now_m and fits(state, o):
+        if o.eta > now_m and fits(state, o, later_eta_from(refused, order, o.eta)):
             out.append(Alternative(station_id=o.station_id, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
             if len(out) >= 2:
                 break
-    for kid, k in sorted(world.kitchens.items()) if reason != "no-cabinet-capacity" else ():
+    for kid, k in sorted(world.kitchens.items()) if refused.reason != "no-cabinet-capacity" else ():
         if kid == order.kitchen_id or order.station_id not in k.travel:
             continue
         if not all(s in k.menu for s in order.items):

@@ -639,6 +639,17 @@ class _SlotPicker:
         return None
 
 
+def later_eta_from(refused: Rejection, order: OrderReq, eta: int) -> int:
+    """For a dry run of a refused ``order`` at another ``eta`` on the same plan: the arrival minute up
+    to which nothing can work (``admit``'s ``after``). When it was refused for want of a courier or
+    a slot, no arrival up to its eta had both (a run to join, or a free courier, and a free slot);
+    at a later eta the slot is needed longer and the couriers are as busy, so only arrivals after
+    its eta are new."""
+    if eta > order.eta and refused.reason in ("no-courier-capacity", "no-cabinet-capacity"):
+        return order.eta
+    return NEVER
+
+
 def lead_minutes(k: KitchenView, items: Iterable[str], travel: int) -> int:
     chain = max((k.menu[s].chain_minutes for s in items), default=0)
     return chain + (k.pack[1] if k.pack else 0) + travel
@@ -672,10 +683,12 @@ def admit(
     settings: Settings,
     new_id: Callable[[str], str],
     explain: bool = True,
+    after: int = NEVER,
 ) -> Insertion | Rejection:
     """Fit one order into the plan (first fit, see the module's doc). ``explain=False`` is for dry
     runs that only ask whether it fits: a refusal for capacity then says ``no-capacity`` without
-    working out which resource was short."""
+    working out which resource was short. Arrivals at or before ``after`` are not tried (a caller
+    that knows they cannot work, see ``later_eta_from``)."""
     bad = validate(world, order)
     if bad is not None:
         return bad
@@ -702,7 +715,7 @@ def admit(
 
     cabinets = [order.cabinet_id] if order.cabinet_id else list(world.station_cabinets[order.station_id])
     target = eta - settings.margin
-    earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes)
+    earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes, after + 1)
 
     # candidates: (arrive, run or None); preference: at or before target, latest first; then after
     there = ks.runs.get(order.station_id, [])
@@ -753,7 +766,7 @@ def admit(
         tried = {r.id for r in near}
         # then per arrival minute, at or before the target latest first, then after it: the runs
         # arriving then, then a new run (when a courier is free for it)
-        for hi, lo, step in ((min(target, eta), earliest_arrive, -1), (target + 1, eta, 1)):
+        for hi, lo, step in ((min(target, eta), earliest_arrive, -1), (max(target, after) + 1, eta, 1)):
             news = new_runs(hi, lo, step)
             nxt = next(news, None)
             minutes = [m for m in by_arrive if (lo <= m <= hi if step < 0 else hi <= m <= lo)]

@@ -417,3 +417,48 @@ def test_many_random_orders_keep_every_rule(n: int) -> None:
             confirmed += 1
     assert confirmed > 5
     assert check(w, state.plan, S) == []
+
+
+def test_a_later_eta_for_an_order_refused_for_courier_or_slot_tries_only_later_arrivals() -> None:
+    """Suggesting a later eta to an order refused for want of a courier or a slot need not try the
+    arrivals up to its eta again (``later_eta_from``): the answer is the one a full dry run gives."""
+    import random
+
+    from solver.admission import later_eta_from
+
+    rng = random.Random(3)
+    w = world()
+    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=1)  # couriers run short
+    state = PlanState(w)
+    new_id = id_factory()
+    base = morning()[0][1].eta - 60
+    skus = ["croissant", "egg-roll", "juice", "bread"]
+    compared = cut = found = 0
+    reasons = set()
+    for i in range(300):
+        eta = base + rng.randrange(0, 150)
+        items = {s: rng.randint(1, 2) for s in rng.sample(skus, rng.randint(1, 2))}
+        o = OrderReq(f"o{i}", "bakery", rng.choice(["north", "south"]), eta, items)
+        now = base - 120
+        r = admit(w, state, o, now, S, new_id)
+        if isinstance(r, Insertion):
+            state.apply(r)
+            continue
+        reasons.add(r.reason)
+        for delta in (10, 20, 30, 45, 60):
+            after = later_eta_from(r, o, eta + delta)
+            answers = [
+                isinstance(
+                    admit(w, state, replace(o, eta=eta + delta, items=dict(items)), now, S, new_id, False, a),
+                    Insertion,
+                )
+                for a in (after, -(10**9))
+            ]
+            assert answers[0] == answers[1], (o, delta)
+            compared += 1
+            if after > -(10**9):
+                cut += 1
+                found += answers[0]
+    assert {"no-courier-capacity", "no-cabinet-capacity"} <= reasons
+    assert cut > 50 and compared > cut and found > 10  # later etas that do fit are still found
+    assert check(w, state.plan, S) == []
