@@ -169,6 +169,7 @@ def create_app(
         tasks = []
         if background:
             tasks.append(asyncio.create_task(_sweep_loop(app)))
+            tasks.append(asyncio.create_task(_slot_refresh_loop(app)))
             m = app[METRICS]
 
             def count(out: Outcome) -> None:
@@ -269,6 +270,21 @@ async def _sweep_loop(app: web.Application) -> None:
         except Exception as exc:  # keep sweeping through outages
             log.warning("expiry sweep failed: %s", exc)
         await asyncio.sleep(ctx.settings.expiry_sweep_seconds)
+
+
+async def _slot_refresh_loop(app: web.Application, every: float = 1.0) -> None:
+    """Keep the slot time placements read from the plan cache fresh, out of their way."""
+    ctx = app[CTX]
+    while True:
+        await asyncio.sleep(every)
+        current = ctx.worlds.current
+        if current is None:
+            continue
+        try:
+            async with ctx.pool.acquire() as conn:
+                await ctx.plans.refresh(conn, current[1], ctx.clock.now())
+        except Exception as exc:  # outages: the batches read for themselves meanwhile
+            log.warning("slot time refresh failed: %s", exc)
 
 
 def _ops_routes(app: web.Application, api: Api) -> None:

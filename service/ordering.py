@@ -126,6 +126,7 @@ class PlanCache:
         self.epoch = 0  # moves whenever entries are dropped for being possibly wrong
         self.suggestion_loaded_at = -SUGGESTION_LOAD_SECONDS
         self.suggestion_loads = 0  # plans loaded for refusals' suggestions
+        self.refreshed = 0  # stations' slot time re-read ahead of its age (``refresh``)
 
     async def checkout(
         self,
@@ -209,6 +210,49 @@ class PlanCache:
                 [c for sid in rebuild for c in world.station_cabinets[sid]],
                 [rv for sid in rebuild for rv in self.slots[sid].rvs],
             )
+
+    async def refresh(self, conn: asyncpg.Connection, world: World, now: datetime, limit: int = 5) -> int:
+        """Re-read, oldest first, up to ``limit`` stations whose shared slot time is past half its
+        ``max_age``, in one snapshot without locks (``plan_q.station_slots``), so that placement
+        batches find it fresh and never stop to read it themselves (stations read together would
+        otherwise all age out together, and a batch would read them all). A read that finds a station
+        at an older version than this process already has, or that overlaps a drop of possibly wrong
+        entries, is not used. The kitchens' states in the cache take the new reads at once.
+        Returns how many stations were re-read."""
+        clock = time.monotonic()
+        due = sorted((e.at, sid) for sid, e in self.slots.items() if clock - e.at > self.max_age / 2)
+        sids = [sid for _, sid in due[:limit]]
+        if not sids:
+            return 0
+        epoch = self.epoch
+        versions, rvs = await plan_q.station_slots(conn, world, sids, now)
+        if self.epoch != epoch:
+            return 0
+        fresh: dict[str, StationSlots] = {}
+        for sid in sids:
+            entry, version = self.slots.get(sid), versions.get(sid)
+            if version is None or (entry is not None and entry.version > version):
+                continue
+            cabs = set(world.station_cabinets.get(sid, []))
+            mine = [rv for rv in rvs if rv.cabinet_id in cabs]
+            fresh[sid] = self.slots[sid] = StationSlots(version, clock, mine, {version: len(mine)})
+            self.refreshed += 1
+        # the kitchens' states at hand take the new reads now, a few stations at a time, rather than
+        # all at once in some placement batch when their own reads age out
+        for held in self.entries.values():
+            there = (
+                [sid for sid in fresh if sid in held.stations and held.stations[sid][0] <= fresh[sid].version]
+                if held.world == id(world)
+                else []
+            )
+            if there:
+                held.state.replace_reservations(
+                    [c for sid in there for c in world.station_cabinets[sid]],
+                    [rv for sid in there for rv in fresh[sid].rvs],
+                )
+                for sid in there:
+                    held.stations[sid] = (fresh[sid].version, clock, fresh[sid])
+        return len(sids)
 
     def shared_version(self, station_id: str) -> int | None:
         """The slot version of a station's fresh shared read, if this process has one."""
@@ -594,6 +638,14 @@ class _Batch:
                 version = turn.held.version + (1 if turn.placed else 0)
                 ctx.plans.checkin(turn.kitchen_id, turn.held, version, turn.read, written)
 
+    def refuse_early(self, ctx: Ctx) -> None:
+        """A prepared batch's refusals, answered as soon as its read under its locks has shown that
+        what it was prepared on holds (and no Idempotency-Key of it is stored), before the batch is
+        written: a refusal writes nothing."""
+        if self.rejected:
+            ctx.placements.later(_refuse(ctx, self.world, self.rejected, self.now))
+            self.rejected = []
+
     def answer(self, ctx: Ctx) -> list[Pending[PlaceRequest]]:
         """After the commit: the confirmed get their 201; the refused get their 409 with
         alternatives in a task of their own (dry runs that may read other kitchens' plans: the next
@@ -733,6 +785,7 @@ async def _write_prepared(
                     )
                     if holds:
                         busy.set()  # the next batch may be prepared while this one is stored
+                        b.refuse_early(ctx)
                         got = await _store_placements(ctx, conn, b.placed, spec) if b.placed else {}
                 if holds:
                     if got != written:  # written, but not as the caches assumed

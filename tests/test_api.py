@@ -677,6 +677,55 @@ async def test_plan_cache_matches_a_fresh_load_after_every_placement(demo: Clien
         await conn.close()
 
 
+async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_the_kitchens_take_it(
+    demo: Client,
+) -> None:
+    """Slot time read more than half its age ago is read again in the background (one snapshot, no
+    locks): a free that moved no slot version (as a pickup's; here written behind the cache's
+    back) shows, and the cached kitchen states take the new read at once, so no placement batch has to
+    stop for it."""
+    from db.queries.plans import load_state
+    from service.api.keys import CTX
+
+    ctx = demo.app[CTX]
+    eta = (demo.clock.now() + timedelta(minutes=120)).isoformat()
+    body = {"station_id": "s03", "kitchen_id": "k-dawn", "eta": eta, "items": [{"sku": "bun-pork", "qty": 1}]}
+    ids = []
+    for i in range(3):
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"r{i}", json=body)
+        assert status == 201, resp
+        ids.append(resp["id"])
+    conn = await demo.conn()
+    try:
+        _, world = await ctx.worlds.get(conn)
+        cabs = set(world.station_cabinets["s03"])
+        async with conn.transaction():  # gone, and its slot time free, with no slot version moved
+            await conn.execute("update orders set status = 'cancelled' where id = $1", ids[0])
+            await conn.execute("update parcels set state = 'released' where order_id = $1", ids[0])
+        entry = ctx.plans.slots["s03"]
+        assert await ctx.plans.refresh(conn, world, demo.clock.now()) == 0  # still fresh: nothing read
+        entry.at -= ctx.plans.max_age * 0.6
+        refreshed = ctx.plans.refreshed
+        assert await ctx.plans.refresh(conn, world, demo.clock.now()) >= 1
+        assert ctx.plans.refreshed > refreshed and ctx.plans.slots["s03"] is not entry
+        assert ids[0] not in {rv.order_id for rv in ctx.plans.slots["s03"].rvs}
+        held = ctx.plans.entries["k-dawn"]
+        assert held.stations["s03"][2] is ctx.plans.slots["s03"]
+        fresh = await load_state(conn, world, "k-dawn", ["s03"], demo.clock.now())
+        assert plan_shape(held.state, cabs)[2] == plan_shape(fresh, cabs)[2]
+        assert ids[0] not in {rv.order_id for rv in held.state.plan.reservations}
+        status, text, _ = await demo.call("GET", "/metrics", role="admin", scope="ops")
+        assert f"exitbox_plan_cache_refreshed_total {ctx.plans.refreshed}" in str(text)
+        # the next placement goes the prepared way on the new read
+        prepared = ctx.placements.prepared
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope="r9", json=body)
+        assert status == 201, resp
+        assert ctx.placements.prepared == prepared + 1
+    finally:
+        await conn.close()
+    await assert_plan_checks(demo)
+
+
 async def test_a_batch_prepared_on_plans_another_instance_changed_is_admitted_again_under_the_locks(
     demo: Client, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -154,6 +154,19 @@ async def station_reservations(
     return await _reservations(conn, _cabinets(world, station_ids), now)
 
 
+async def station_slots(
+    conn: asyncpg.Connection, world: World, station_ids: list[str], now: datetime
+) -> tuple[dict[str, int], list[Reservation]]:
+    """Some stations' slot versions and the slot time at them (what ends after ``now``), read in one
+    snapshot: the slot time is exactly that of those versions, with no locks taken."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(
+            "select id, slot_version from stations where id = any($1::text[])", station_ids
+        )
+        rvs = await _reservations(conn, _cabinets(world, station_ids), now)
+    return {r["id"]: r["slot_version"] for r in rows}, rvs
+
+
 async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[str]) -> Plan:
     """The whole plan of live orders of some kitchens, for ``solver.check``."""
     plan = Plan()

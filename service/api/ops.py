@@ -52,6 +52,7 @@ async def metrics(call: Call) -> web.Response:
         f"exitbox_plan_cache_misses_total {ctx.plans.misses}",
         f"exitbox_plan_cache_dropped_total {ctx.plans.epoch}",
         f"exitbox_plan_cache_suggestion_loads_total {ctx.plans.suggestion_loads}",
+        f"exitbox_plan_cache_refreshed_total {ctx.plans.refreshed}",
     ]
     try:
         async with ctx.pool.acquire(timeout=2) as conn:
