@@ -215,9 +215,9 @@ class PlanCache:
         """Re-read, oldest first, up to ``limit`` stations whose shared slot time is past half its
         ``max_age``, in one snapshot without locks (``plan_q.station_slots``), so that placement
         batches find it fresh and never stop to read it themselves (stations read together would
-        otherwise all age out together, and a batch would read them all). A read that finds a station
-        at an older version than this process already has, or that overlaps a drop of possibly wrong
-        entries, is not used. The kitchens' states in the cache take the new reads at once.
+        otherwise all age out together, and a batch would read them all). Slot time this process
+        has added in batches not yet committed stays on top of the read; a read that overlaps a drop
+        of possibly wrong entries is not used. The kitchens' states in the cache take the new reads at once.
         Returns how many stations were re-read."""
         clock = time.monotonic()
         due = sorted((e.at, sid) for sid, e in self.slots.items() if clock - e.at > self.max_age / 2)
@@ -231,11 +231,20 @@ class PlanCache:
         fresh: dict[str, StationSlots] = {}
         for sid in sids:
             entry, version = self.slots.get(sid), versions.get(sid)
-            if version is None or (entry is not None and entry.version > version):
+            if version is None:
                 continue
             cabs = set(world.station_cabinets.get(sid, []))
             mine = [rv for rv in rvs if rv.cabinet_id in cabs]
-            fresh[sid] = self.slots[sid] = StationSlots(version, clock, mine, {version: len(mine)})
+            marks = {version: len(mine)}
+            if entry is not None and entry.version > version:
+                # batches this process wrote ahead are not in the database yet: they stay on top
+                if version not in entry.marks:
+                    continue
+                base = entry.marks[version]
+                mine.extend(entry.rvs[base:])
+                marks = {v: n - base + marks[version] for v, n in entry.marks.items() if v >= version}
+                version = entry.version
+            fresh[sid] = self.slots[sid] = StationSlots(version, clock, mine, marks)
             self.refreshed += 1
         # the kitchens' states at hand take the new reads now, a few stations at a time, rather than
         # all at once in some placement batch when their own reads age out

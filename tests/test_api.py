@@ -684,6 +684,8 @@ async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_th
     locks): a free that moved no slot version (as a pickup's; here written behind the cache's
     back) shows, and the cached kitchen states take the new read at once, so no placement batch has to
     stop for it."""
+    from dataclasses import replace
+
     from db.queries.plans import load_state
     from service.api.keys import CTX
 
@@ -721,6 +723,16 @@ async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_th
         status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope="r9", json=body)
         assert status == 201, resp
         assert ctx.placements.prepared == prepared + 1
+        # slot time of a batch this process wrote ahead, not committed yet, stays on top of a read
+        version = ctx.plans.slots["s03"].version
+        ahead = replace(ctx.plans.slots["s03"].rvs[-1], order_id="o-ahead", start=1, end=2)
+        ctx.plans.grow({"s03": version}, {"s03": version + 1}, [ahead], world)
+        ctx.plans.slots["s03"].at -= ctx.plans.max_age * 0.6
+        assert await ctx.plans.refresh(conn, world, demo.clock.now()) >= 1
+        entry = ctx.plans.slots["s03"]
+        assert entry.version == version + 1 and entry.rvs[-1] is ahead
+        assert entry.marks[version] == len(entry.rvs) - 1 and entry.marks[version + 1] == len(entry.rvs)
+        ctx.plans.clear()  # that batch "failed": the caches go
     finally:
         await conn.close()
     await assert_plan_checks(demo)
