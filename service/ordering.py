@@ -217,14 +217,38 @@ class PlanCache:
         batches find it fresh and never stop to read it themselves (stations read together would
         otherwise all age out together, and a batch would read them all). Slot time this process
         has added in batches not yet committed stays on top of the read; a read that overlaps a drop
-        of possibly wrong entries is not used. The kitchens' states in the cache take the new reads at once.
-        Returns how many stations were re-read."""
+        of possibly wrong entries is not used. The kitchens' states in the cache take the new reads
+        at once. A station whose count of parcels says nothing was freed is only marked fresh
+        (``plan_q.station_counts``). Returns how many stations were read again."""
         clock = time.monotonic()
         due = sorted((e.at, sid) for sid, e in self.slots.items() if clock - e.at > self.max_age / 2)
         sids = [sid for _, sid in due[:limit]]
         if not sids:
             return 0
         epoch = self.epoch
+        # first only count: most often nothing was freed, and the read is then just marked fresh
+        counts = await plan_q.station_counts(conn, world, sids, now)
+        if self.epoch != epoch:
+            return 0
+        after = now.timestamp()
+        changed = []
+        for sid in sids:
+            entry, got = self.slots.get(sid), counts.get(sid)
+            if entry is None or got is None or got[0] not in entry.marks:
+                changed.append(sid)
+                continue
+            live = sum(1 for rv in entry.rvs[: entry.marks[got[0]]] if rv.end * 60 > after)
+            if live != got[1]:
+                changed.append(sid)
+                continue
+            entry.at = clock
+            for held in self.entries.values():
+                follows = held.stations.get(sid)
+                if follows is not None and follows[2] is entry and follows[0] == entry.version:
+                    held.stations[sid] = (follows[0], clock, entry)
+        sids = changed
+        if not sids:
+            return 0
         versions, rvs = await plan_q.station_slots(conn, world, sids, now)
         if self.epoch != epoch:
             return 0
@@ -261,6 +285,7 @@ class PlanCache:
                 )
                 for sid in there:
                     held.stations[sid] = (fresh[sid].version, clock, fresh[sid])
+                await asyncio.sleep(0)  # one kitchen at a time: placements go on in between
         return len(sids)
 
     def shared_version(self, station_id: str) -> int | None:

@@ -723,14 +723,24 @@ async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_th
         status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope="r9", json=body)
         assert status == 201, resp
         assert ctx.placements.prepared == prepared + 1
+        # nothing freed since: the station is counted, not read again, and marked fresh
+        entry = ctx.plans.slots["s03"]
+        entry.at -= ctx.plans.max_age * 0.6
+        aged, refreshed = entry.at, ctx.plans.refreshed
+        assert await ctx.plans.refresh(conn, world, demo.clock.now()) == 0
+        assert ctx.plans.slots["s03"] is entry and entry.at > aged and ctx.plans.refreshed == refreshed
         # slot time of a batch this process wrote ahead, not committed yet, stays on top of a read
-        version = ctx.plans.slots["s03"].version
-        ahead = replace(ctx.plans.slots["s03"].rvs[-1], order_id="o-ahead", start=1, end=2)
+        version = entry.version
+        ahead = replace(entry.rvs[-1], order_id="o-ahead", start=1, end=2)
         ctx.plans.grow({"s03": version}, {"s03": version + 1}, [ahead], world)
+        async with conn.transaction():
+            await conn.execute("update orders set status = 'cancelled' where id = $1", ids[1])
+            await conn.execute("update parcels set state = 'released' where order_id = $1", ids[1])
         ctx.plans.slots["s03"].at -= ctx.plans.max_age * 0.6
         assert await ctx.plans.refresh(conn, world, demo.clock.now()) >= 1
         entry = ctx.plans.slots["s03"]
         assert entry.version == version + 1 and entry.rvs[-1] is ahead
+        assert ids[1] not in {rv.order_id for rv in entry.rvs}
         assert entry.marks[version] == len(entry.rvs) - 1 and entry.marks[version + 1] == len(entry.rvs)
         ctx.plans.clear()  # that batch "failed": the caches go
     finally:

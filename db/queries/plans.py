@@ -167,6 +167,30 @@ async def station_slots(
     return {r["id"]: r["slot_version"] for r in rows}, rvs
 
 
+async def station_counts(
+    conn: asyncpg.Connection, world: World, station_ids: list[str], now: datetime
+) -> dict[str, tuple[int, int]]:
+    """Some stations' slot versions and how many parcels hold slot time there after ``now``, in one
+    snapshot. Slot time changes without its version moving only by frees, so the same count at the
+    same version means the same slot time."""
+    pairs = [(s, c) for s in station_ids for c in world.station_cabinets.get(s, [])]
+    rows = await conn.fetch(
+        """with cab (station_id, cabinet_id) as (select * from unnest($2::text[], $3::text[]))
+           select st.id, st.slot_version,
+                  (select count(*) from parcels p
+                     join slots s on s.id = p.slot_id
+                     join cab on cab.cabinet_id = s.cabinet_id and cab.station_id = st.id
+                    where p.state in ('reserved', 'deposited')
+                      and p.during && tstzrange($4, null, '()')) as live
+             from stations st where st.id = any($1::text[])""",
+        station_ids,
+        [s for s, _ in pairs],
+        [c for _, c in pairs],
+        now,
+    )
+    return {r["id"]: (r["slot_version"], r["live"]) for r in rows}
+
+
 async def load_plan(conn: asyncpg.Connection, world: World, kitchen_ids: list[str]) -> Plan:
     """The whole plan of live orders of some kitchens, for ``solver.check``."""
     plan = Plan()
