@@ -201,15 +201,23 @@ class PlanCache:
             entry, mine = self.slots[sid], held.stations.get(sid)
             if mine is not None and mine[2] is entry and mine[0] in entry.marks:
                 held.state.add_reservations(entry.rvs[entry.marks[mine[0]] :])
+                held.stations[sid] = (entry.version, entry.at, entry)
                 self.caught_up += 1
             else:
                 rebuild.append(sid)
-            held.stations[sid] = (versions[sid], entry.at, entry)
-        if rebuild:
-            held.state.replace_reservations(
-                [c for sid in rebuild for c in world.station_cabinets[sid]],
-                [rv for sid in rebuild for rv in self.slots[sid].rvs],
-            )
+        self._rebuild(held, world, rebuild)
+
+    def _rebuild(self, held: Held, world: World, station_ids: list[str]) -> None:
+        """A kitchen's slot time at these stations replaced by the shared reads of them."""
+        if not station_ids:
+            return
+        held.state.replace_reservations(
+            [c for sid in station_ids for c in world.station_cabinets[sid]],
+            [rv for sid in station_ids for rv in self.slots[sid].rvs],
+        )
+        for sid in station_ids:
+            entry = self.slots[sid]
+            held.stations[sid] = (entry.version, entry.at, entry)
 
     async def refresh(self, conn: asyncpg.Connection, world: World, now: datetime, limit: int = 5) -> int:
         """Re-read, oldest first, up to ``limit`` stations whose shared slot time is past half its
@@ -227,7 +235,7 @@ class PlanCache:
             return 0
         epoch = self.epoch
         # first only count: most often nothing was freed, and the read is then just marked fresh
-        counts = await plan_q.station_counts(conn, world, sids, now)
+        counts = await plan_q.station_counts(conn, sids, now)
         if self.epoch != epoch:
             return 0
         after = now.timestamp()
@@ -271,21 +279,21 @@ class PlanCache:
             fresh[sid] = self.slots[sid] = StationSlots(version, clock, mine, marks)
             self.refreshed += 1
         # the kitchens' states at hand take the new reads now, a few stations at a time, rather than
-        # all at once in some placement batch when their own reads age out
-        for held in self.entries.values():
-            there = (
-                [sid for sid in fresh if sid in held.stations and held.stations[sid][0] <= fresh[sid].version]
-                if held.world == id(world)
-                else []
+        # all at once in some placement batch when their own reads age out; one kitchen at a time,
+        # placements going on in between (a state a batch has checked out meanwhile is left alone)
+        for kid, held in list(self.entries.items()):
+            if self.entries.get(kid) is not held or held.world != id(world):
+                continue
+            self._rebuild(
+                held,
+                world,
+                [
+                    sid
+                    for sid in fresh
+                    if sid in held.stations and held.stations[sid][0] <= fresh[sid].version
+                ],
             )
-            if there:
-                held.state.replace_reservations(
-                    [c for sid in there for c in world.station_cabinets[sid]],
-                    [rv for sid in there for rv in fresh[sid].rvs],
-                )
-                for sid in there:
-                    held.stations[sid] = (fresh[sid].version, clock, fresh[sid])
-                await asyncio.sleep(0)  # one kitchen at a time: placements go on in between
+            await asyncio.sleep(0)
         return len(sids)
 
     def shared_version(self, station_id: str) -> int | None:
@@ -672,22 +680,21 @@ class _Batch:
                 version = turn.held.version + (1 if turn.placed else 0)
                 ctx.plans.checkin(turn.kitchen_id, turn.held, version, turn.read, written)
 
-    def refuse_early(self, ctx: Ctx) -> None:
-        """A prepared batch's refusals, answered as soon as its read under its locks has shown that
-        what it was prepared on holds (and no Idempotency-Key of it is stored), before the batch is
-        written: a refusal writes nothing."""
+    def refuse(self, ctx: Ctx) -> None:
+        """The refused get their 409 with alternatives, in a task of their own (dry runs that may
+        read other kitchens' plans: the next batch need not wait). A refusal writes nothing, so a
+        prepared batch answers them as soon as its read under its locks has shown that what it was
+        prepared on holds (and no Idempotency-Key of it is stored), before its write."""
         if self.rejected:
             ctx.placements.later(_refuse(ctx, self.world, self.rejected, self.now))
             self.rejected = []
 
     def answer(self, ctx: Ctx) -> list[Pending[PlaceRequest]]:
-        """After the commit: the confirmed get their 201; the refused get their 409 with
-        alternatives in a task of their own (dry runs that may read other kitchens' plans: the next
-        batch need not wait); returns the requests for the next batch."""
+        """After the commit: the confirmed get their 201, the refused not answered yet their 409
+        (``refuse``); returns the requests for the next batch."""
         for pl in self.placed:
             pl.pending.resolve((201, pl.out))
-        if self.rejected:
-            ctx.placements.later(_refuse(ctx, self.world, self.rejected, self.now))
+        self.refuse(ctx)
         return self.again
 
 
@@ -819,7 +826,7 @@ async def _write_prepared(
                     )
                     if holds:
                         busy.set()  # the next batch may be prepared while this one is stored
-                        b.refuse_early(ctx)
+                        b.refuse(ctx)
                         got = await _store_placements(ctx, conn, b.placed, spec) if b.placed else {}
                 if holds:
                     if got != written:  # written, but not as the caches assumed
@@ -843,19 +850,18 @@ async def _refuse(
 ) -> None:
     """Answer refused placements: 409 no-capacity with the reason and alternatives."""
     try:
-        async with ctx.pool.acquire() as conn:
-            for p, order, rej, state in rejected:
-                alts = await alternatives(ctx, conn, world, state, order, now, rej)
-                p.fail(
-                    Problem(
-                        409,
-                        "no-capacity",
-                        rej.detail,
-                        title="The order cannot be confirmed",
-                        reason=rej.reason,
-                        alternatives=[a.model_dump(mode="json") for a in alts],
-                    )
+        for p, order, rej, state in rejected:
+            alts = await alternatives(ctx, world, state, order, now, rej)
+            p.fail(
+                Problem(
+                    409,
+                    "no-capacity",
+                    rej.detail,
+                    title="The order cannot be confirmed",
+                    reason=rej.reason,
+                    alternatives=[a.model_dump(mode="json") for a in alts],
                 )
+            )
     except Exception as exc:
         for p, *_ in rejected:
             p.fail(exc)
@@ -983,7 +989,6 @@ async def _bump(conn: asyncpg.Connection, kitchen_id: str) -> None:
 
 async def alternatives(
     ctx: Ctx,
-    conn: asyncpg.Connection,
     world: World,
     state: PlanState,
     order: OrderReq,
@@ -1017,7 +1022,7 @@ async def alternatives(
             continue
         if not all(s in k.menu for s in order.items):
             continue
-        st = await suggestion_state(ctx, conn, world, kid, order.station_id, now)
+        st = await suggestion_state(ctx, world, kid, order.station_id, now)
         o = OrderReq(order.id, kid, order.station_id, order.eta, order.items)
         if st is not None and fits(st, o):
             out.append(Alternative(station_id=o.station_id, kitchen_id=kid, eta=from_minute(o.eta)))
@@ -1025,7 +1030,7 @@ async def alternatives(
     if own is not None:
         others = sorted((t, s) for s, t in own.travel.items() if s != order.station_id)
         for _, sid in others[:3]:
-            st = await suggestion_state(ctx, conn, world, order.kitchen_id, sid, now)
+            st = await suggestion_state(ctx, world, order.kitchen_id, sid, now)
             o = OrderReq(order.id, order.kitchen_id, sid, order.eta, order.items)
             if st is not None and fits(st, o):
                 out.append(Alternative(station_id=sid, kitchen_id=o.kitchen_id, eta=from_minute(o.eta)))
@@ -1034,13 +1039,14 @@ async def alternatives(
 
 
 async def suggestion_state(
-    ctx: Ctx, conn: asyncpg.Connection, world: World, kitchen_id: str, station_id: str, now: datetime
+    ctx: Ctx, world: World, kitchen_id: str, station_id: str, now: datetime
 ) -> PlanState | None:
     """A state for a dry run at another kitchen or station: the cached one, else one loaded from
     the database when the load budget allows, else None (that suggestion is left out)."""
     st = ctx.plans.peek(kitchen_id, station_id)
     if st is None and ctx.plans.may_load_for_suggestions():
-        st = await plan_q.load_state(conn, world, kitchen_id, [station_id], now)
+        async with ctx.pool.acquire() as conn:
+            st = await plan_q.load_state(conn, world, kitchen_id, [station_id], now)
     return st
 
 

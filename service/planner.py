@@ -22,7 +22,7 @@ from solver.consolidate import make_room
 from solver.model import from_minute, to_minute_ceil
 from solver.optimize import Optimizer, ReoptReport
 
-from .ordering import Ctx, emit, lock
+from .ordering import Ctx, emit, lock, lock_key
 
 log = logging.getLogger("exitbox.planner")
 
@@ -41,7 +41,7 @@ async def replan_kitchen(ctx: Ctx, kitchen_id: str, seconds: float = 2.0) -> Out
     # the lock lives as long as this (otherwise idle) transaction: however planning ends, it is
     # released when the transaction ends or the connection goes back to the pool
     async with ctx.pool.acquire() as guard, guard.transaction():
-        got = await guard.fetchval("select pg_try_advisory_xact_lock(hashtext($1))", f"planner:{kitchen_id}")
+        got = await guard.fetchval("select pg_try_advisory_xact_lock($1)", lock_key(f"planner:{kitchen_id}"))
         if not got:
             return Outcome(kitchen_id, "busy")
         return await _replan(ctx, kitchen_id, seconds, t0)

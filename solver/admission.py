@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .model import (
     SIZE_RANK,
@@ -122,8 +124,8 @@ def _by_end(t: Task) -> tuple[int, str]:
     return t.end, t.id
 
 
-def _rv_key(rv: Reservation) -> tuple[str, str, str, str, str, int, int, bool]:
-    return rv.order_id, rv.cabinet_id, rv.zone, rv.size, rv.slot, rv.start, rv.end, rv.frozen
+# a reservation as a tuple of all its fields, to compare slot time by value in sets and dicts
+_rv_key = operator.attrgetter(*(f.name for f in fields(Reservation)))
 
 
 def _by_arrive(r: Run) -> tuple[int, str]:
@@ -381,7 +383,7 @@ class PlanState:
         whose time differs change."""
         cabs = set(cabinets)
         incoming = {_rv_key(rv): rv for rv in reservations}
-        kept: set[tuple[str, str, str, str, str, int, int, bool]] = set()
+        kept: set[tuple[Any, ...]] = set()
         stay: list[Reservation] = []
         gone: list[Reservation] = []
         for rv in self.plan.reservations:
@@ -787,7 +789,7 @@ def admit(
 
     # each candidate needs a courier (or a run joined), a slot and room in the kitchen, checked
     # cheapest first; which stage a refusal reached is worked out after (the refusal's reason)
-    courier_ok = False
+    reached_kitchen = False  # some candidate had a courier and a slot
     kitchen_failed_new = False
     slots = _SlotPicker(state, cabinets, parcels, end)
     # no slot free from an arrival means none free from any earlier one (the slot time needed
@@ -804,7 +806,7 @@ def admit(
         if slot_pick is None:
             no_slot = a
             continue
-        courier_ok = True
+        reached_kitchen = True
         att = _schedule_kitchen(ks, order, depart, fresh_lo, now, windows, new_id)
         if att is None:
             if run is None:
@@ -828,7 +830,7 @@ def admit(
             expiry[item.zone] = min(expiry.get(item.zone, 10**12), min(lst) + item.max_hold)
         order.cabinet_id = cab
         return Insertion(order, att.new, dict(att.joined), run, is_new, reservations, ready, expiry)
-    if courier_ok:
+    if reached_kitchen:
         return Rejection("no-kitchen-capacity", f"{k.id} has no room to cook this for that time")
     if not explain:
         return Rejection("no-capacity", "no courier and slot free together for that time")

@@ -609,17 +609,9 @@ async def test_one_batch_for_two_kitchens_at_a_shared_station_promises_no_slot_t
     try:
         _, world = await ctx.worlds.get(conn)
         cabs = set(world.station_cabinets["s03"])
-
-        def slot_time(st: Any) -> list[tuple[str, str, int, int]]:
-            return sorted(
-                (rv.order_id, rv.slot, rv.start, rv.end)
-                for rv in st.plan.reservations
-                if rv.cabinet_id in cabs
-            )
-
         for kid in menus:
             fresh = await load_state(conn, world, kid, ["s03"], demo.clock.now())
-            assert slot_time(ctx.plans.entries[kid].state) == slot_time(fresh)
+            assert plan_shape(ctx.plans.entries[kid].state, cabs)[2] == plan_shape(fresh, cabs)[2]
     finally:
         await conn.close()
 
@@ -745,6 +737,52 @@ async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_th
         ctx.plans.clear()  # that batch "failed": the caches go
     finally:
         await conn.close()
+    await assert_plan_checks(demo)
+
+
+async def test_a_kitchen_state_checked_out_while_a_re_read_is_handed_round_is_left_alone(
+    demo: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-read of slot time is handed to the cached kitchen states one at a time, placements
+    going on in between: a state a batch checks out meanwhile is not touched (the batch catches up
+    itself), and the hand-round goes on with the others."""
+    from service.api.keys import CTX
+
+    ctx = demo.app[CTX]
+    eta = (demo.clock.now() + timedelta(minutes=120)).isoformat()
+    menus = {"k-dawn": "bun-pork", "k-oven": "croissant"}
+    ids = []
+    for i, kid in enumerate(["k-dawn", "k-oven", "k-dawn"]):
+        body = {"station_id": "s03", "kitchen_id": kid, "eta": eta, "items": [{"sku": menus[kid], "qty": 1}]}
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"h{i}", json=body)
+        assert status == 201, resp
+        ids.append(resp["id"])
+    first, second = list(ctx.plans.entries)
+    assert all("s03" in ctx.plans.entries[k].stations for k in (first, second))
+    conn = await demo.conn()
+    try:
+        _, world = await ctx.worlds.get(conn)
+        async with conn.transaction():  # a free the cache has not seen: the station is read again
+            await conn.execute("update orders set status = 'cancelled' where id = $1", ids[0])
+            await conn.execute("update parcels set state = 'released' where order_id = $1", ids[0])
+        ctx.plans.slots["s03"].at -= ctx.plans.max_age * 0.6
+        taken: list[Any] = []
+        rebuild = ctx.plans._rebuild
+
+        def rebuild_then_a_batch_checks_out(*args: Any) -> None:
+            rebuild(*args)
+            if not taken:  # a batch takes the other kitchen's state between two hand-outs
+                taken.append(ctx.plans.entries.pop(second))
+
+        monkeypatch.setattr(ctx.plans, "_rebuild", rebuild_then_a_batch_checks_out)
+        assert await ctx.plans.refresh(conn, world, demo.clock.now()) >= 1
+        entry = ctx.plans.slots["s03"]
+        assert ctx.plans.entries[first].stations["s03"][2] is entry
+        assert taken[0].stations["s03"][2] is not entry  # left as the batch took it
+        assert ids[0] not in {rv.order_id for rv in ctx.plans.entries[first].state.plan.reservations}
+    finally:
+        await conn.close()
+    ctx.plans.clear()
     await assert_plan_checks(demo)
 
 

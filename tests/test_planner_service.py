@@ -99,7 +99,9 @@ async def test_one_planner_per_kitchen(demo: Client) -> None:
     await _place(demo, "b", "s03", 132)
     conn = await demo.conn()
     try:
-        await conn.execute("select pg_advisory_lock(hashtext('planner:k-dawn'))")
+        from service.ordering import lock_key
+
+        await conn.execute("select pg_advisory_lock($1)", lock_key("planner:k-dawn"))
         out = await replan_kitchen(demo.app[CTX], "k-dawn", 1.0)
         assert out.result == "busy"
     finally:

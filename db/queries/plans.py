@@ -168,24 +168,20 @@ async def station_slots(
 
 
 async def station_counts(
-    conn: asyncpg.Connection, world: World, station_ids: list[str], now: datetime
+    conn: asyncpg.Connection, station_ids: list[str], now: datetime
 ) -> dict[str, tuple[int, int]]:
     """Some stations' slot versions and how many parcels hold slot time there after ``now``, in one
     snapshot. Slot time changes without its version moving only by frees, so the same count at the
     same version means the same slot time."""
-    pairs = [(s, c) for s in station_ids for c in world.station_cabinets.get(s, [])]
     rows = await conn.fetch(
-        """with cab (station_id, cabinet_id) as (select * from unnest($2::text[], $3::text[]))
-           select st.id, st.slot_version,
+        """select st.id, st.slot_version,
                   (select count(*) from parcels p
                      join slots s on s.id = p.slot_id
-                     join cab on cab.cabinet_id = s.cabinet_id and cab.station_id = st.id
-                    where p.state in ('reserved', 'deposited')
-                      and p.during && tstzrange($4, null, '()')) as live
+                     join cabinets c on c.id = s.cabinet_id
+                    where c.station_id = st.id and p.state in ('reserved', 'deposited')
+                      and p.during && tstzrange($2, null, '()')) as live
              from stations st where st.id = any($1::text[])""",
         station_ids,
-        [s for s, _ in pairs],
-        [c for _, c in pairs],
         now,
     )
     return {r["id"]: (r["slot_version"], r["live"]) for r in rows}
