@@ -221,13 +221,11 @@ class PlanCache:
 
     async def refresh(self, conn: asyncpg.Connection, world: World, now: datetime, limit: int = 5) -> int:
         """Re-read, oldest first, up to ``limit`` stations whose shared slot time is past half its
-        ``max_age``, in one snapshot without locks (``plan_q.station_slots``), so that placement
-        batches find it fresh and never stop to read it themselves (stations read together would
-        otherwise all age out together, and a batch would read them all). Slot time this process
-        has added in batches not yet committed stays on top of the read; a read that overlaps a drop
-        of possibly wrong entries is not used. The kitchens' states in the cache take the new reads
-        at once. A station whose count of parcels says nothing was freed is only marked fresh
-        (``plan_q.station_counts``). Returns how many stations were read again."""
+        ``max_age``, so that placement batches find it fresh and never stop to read it themselves
+        (stations read together would otherwise all age out together, and a batch would read them
+        all). A station whose count of parcels says nothing was freed is only marked fresh
+        (``_unchanged``); the others are read again (``_reread``). A read that overlaps a drop of
+        possibly wrong entries is not used. Returns how many stations were read again."""
         clock = time.monotonic()
         due = sorted((e.at, sid) for sid, e in self.slots.items() if clock - e.at > self.max_age / 2)
         sids = [sid for _, sid in due[:limit]]
@@ -238,28 +236,41 @@ class PlanCache:
         counts = await plan_q.station_counts(conn, sids, now)
         if self.epoch != epoch:
             return 0
-        after = now.timestamp()
-        changed = []
-        for sid in sids:
-            entry, got = self.slots.get(sid), counts.get(sid)
-            if entry is None or got is None or got[0] not in entry.marks:
-                changed.append(sid)
-                continue
-            live = sum(1 for rv in entry.rvs[: entry.marks[got[0]]] if rv.end * 60 > after)
-            if live != got[1]:
-                changed.append(sid)
-                continue
-            entry.at = clock
-            for held in self.entries.values():
-                follows = held.stations.get(sid)
-                if follows is not None and follows[2] is entry and follows[0] == entry.version:
-                    held.stations[sid] = (follows[0], clock, entry)
-        sids = changed
+        sids = [sid for sid in sids if not self._unchanged(sid, counts.get(sid), to_minute(now), clock)]
         if not sids:
             return 0
         versions, rvs = await plan_q.station_slots(conn, world, sids, now)
         if self.epoch != epoch:
             return 0
+        await self._reread(world, sids, versions, rvs, clock)
+        return len(sids)
+
+    def _unchanged(self, sid: str, count: tuple[int, int] | None, now_m: int, clock: float) -> bool:
+        """Whether a station's shared slot time is what the database holds, by ``count`` (its slot
+        version and how many parcels hold slot time after now): slot time changes without its
+        version moving only by frees, so the same count at a version it has means the same slot
+        time. If so, the read and the kitchens' that follow it are marked fresh."""
+        entry = self.slots.get(sid)
+        if entry is None or count is None or count[0] not in entry.marks:
+            return False
+        if sum(1 for rv in entry.rvs[: entry.marks[count[0]]] if rv.end > now_m) != count[1]:
+            return False
+        entry.at = clock
+        for held in self.entries.values():
+            follows = held.stations.get(sid)
+            if follows is not None and follows[2] is entry and follows[0] == entry.version:
+                held.stations[sid] = (follows[0], clock, entry)
+        return True
+
+    async def _reread(
+        self, world: World, sids: list[str], versions: dict[str, int], rvs: list[Reservation], clock: float
+    ) -> None:
+        """Take a read of these stations' slot time (``plan_q.station_slots``: their ``versions`` and
+        the slot time at them) as the shared one. Slot time this process has added in batches not
+        yet committed stays on top of the read. The kitchens' states in the cache take the new
+        reads at once, one kitchen at a time with placements going on in between (a state a batch
+        has checked out meanwhile is left alone), rather than all at once in some placement batch
+        when their own reads age out."""
         fresh: dict[str, StationSlots] = {}
         for sid in sids:
             entry, version = self.slots.get(sid), versions.get(sid)
@@ -278,9 +289,6 @@ class PlanCache:
                 version = entry.version
             fresh[sid] = self.slots[sid] = StationSlots(version, clock, mine, marks)
             self.refreshed += 1
-        # the kitchens' states at hand take the new reads now, a few stations at a time, rather than
-        # all at once in some placement batch when their own reads age out; one kitchen at a time,
-        # placements going on in between (a state a batch has checked out meanwhile is left alone)
         for kid, held in list(self.entries.items()):
             if self.entries.get(kid) is not held or held.world != id(world):
                 continue
@@ -294,7 +302,6 @@ class PlanCache:
                 ],
             )
             await asyncio.sleep(0)
-        return len(sids)
 
     def shared_version(self, station_id: str) -> int | None:
         """The slot version of a station's fresh shared read, if this process has one."""

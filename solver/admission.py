@@ -161,13 +161,6 @@ class SlotBook:
         if self.log is not None:
             self.log.note(self.pos)
 
-    def clear(self) -> None:
-        self.iv.clear()
-        self.starts.clear()
-        self.ends.clear()
-        if self.log is not None:
-            self.log.note(self.pos)
-
 
 class GroupLog:
     """The places (in a size group) of the slots whose books changed, in order. ``base`` counts the

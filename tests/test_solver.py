@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -44,6 +45,15 @@ def morning() -> list[tuple[int, OrderReq]]:
     return out
 
 
+def bakery_before_first_eta(pack: int) -> tuple[World, PlanState, Callable[[str], str], int, int]:
+    """The tiny world with ``pack`` packing stations (packing is not what these tests are about),
+    an empty state, ids, the first morning order's eta and two hours before it."""
+    w = world()
+    w.kitchens["bakery"].capacity["pack"] = pack
+    eta = morning()[0][1].eta
+    return w, PlanState(w), id_factory(), eta, eta - 120
+
+
 def admitted_plan() -> tuple[World, PlanState, dict[str, Insertion | Rejection]]:
     w = world()
     state = PlanState(w)
@@ -81,12 +91,7 @@ def test_deposit_lands_margin_before_eta_when_there_is_room() -> None:
 
 
 def test_second_order_joins_the_open_croissant_batch_and_the_run() -> None:
-    w = world()
-    w.kitchens["bakery"].capacity["pack"] = 2  # packing is not what this test is about
-    state = PlanState(w)
-    new_id = id_factory()
-    eta = morning()[0][1].eta
-    now = eta - 120
+    w, state, new_id, eta, now = bakery_before_first_eta(pack=2)
     a = admit(w, state, OrderReq("a", "bakery", "north", eta, {"croissant": 2}), now, S, new_id)
     assert isinstance(a, Insertion)
     state.apply(a)
@@ -103,12 +108,7 @@ def test_second_order_joins_the_open_croissant_batch_and_the_run() -> None:
 def test_a_batch_that_filled_and_regained_room_is_joined_again() -> None:
     """Searches step over batches that filled (and forget them); a batch that regains room when an
     order leaves it is open to the next order again."""
-    w = world()
-    w.kitchens["bakery"].capacity["pack"] = 3  # packing is not what this test is about
-    state = PlanState(w)
-    new_id = id_factory()
-    eta = morning()[0][1].eta
-    now = eta - 120
+    w, state, new_id, eta, now = bakery_before_first_eta(pack=3)
     size = w.kitchens["bakery"].menu["croissant"].steps[-1][2]
     assert size >= 2
 

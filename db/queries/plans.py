@@ -12,6 +12,9 @@ from solver.admission import Insertion, PlanState
 from solver.model import OrderReq, Plan, Reservation, Run, Task, World, from_minute, to_minute
 
 LIVE = ("confirmed", "cooking", "on_the_way", "in_cabinet")
+# A parcel ``p`` holding slot time after $2: what a state's slot time is made of. The reads of slot
+# time and the counts of it (``station_counts``) must agree on it exactly.
+HOLDS_SLOT_AFTER = "p.state in ('reserved', 'deposited') and p.during && tstzrange($2, null, '()')"
 
 
 def ts(minute: int) -> datetime:
@@ -85,12 +88,10 @@ async def _reservations(
     conn: asyncpg.Connection, cabinet_ids: list[str], after: datetime
 ) -> list[Reservation]:
     rows = await conn.fetch(
-        """select p.order_id, s.cabinet_id, p.zone, p.size, s.label,
+        f"""select p.order_id, s.cabinet_id, p.zone, p.size, s.label,
                   lower(p.during) as f, upper(p.during) as t, p.state
              from parcels p join slots s on s.id = p.slot_id
-            where s.cabinet_id = any($1::text[])
-              and p.state in ('reserved', 'deposited')
-              and p.during && tstzrange($2, null, '()')""",
+            where s.cabinet_id = any($1::text[]) and {HOLDS_SLOT_AFTER}""",
         cabinet_ids,
         after,
     )
@@ -174,12 +175,11 @@ async def station_counts(
     snapshot. Slot time changes without its version moving only by frees, so the same count at the
     same version means the same slot time."""
     rows = await conn.fetch(
-        """select st.id, st.slot_version,
+        f"""select st.id, st.slot_version,
                   (select count(*) from parcels p
                      join slots s on s.id = p.slot_id
                      join cabinets c on c.id = s.cabinet_id
-                    where c.station_id = st.id and p.state in ('reserved', 'deposited')
-                      and p.during && tstzrange($2, null, '()')) as live
+                    where c.station_id = st.id and {HOLDS_SLOT_AFTER}) as live
              from stations st where st.id = any($1::text[])""",
         station_ids,
         now,
