@@ -321,10 +321,6 @@ class PlanState:
         self.slot_busy[(rv.cabinet_id, rv.slot)].add(rv.start, rv.end, rv.order_id)
         self.res_by_order[rv.order_id].append(rv)
 
-    def _drop_reservation(self, rv: Reservation) -> None:
-        self.plan.reservations.remove(rv)
-        self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
-
     # -- changes
     def apply(self, ins: Insertion) -> None:
         o = ins.order
@@ -344,26 +340,35 @@ class PlanState:
         for rv in ins.reservations:
             self._add_reservation(rv)
 
-    def remove(self, order_id: str) -> None:
-        """Take an order out of the plan: its units, run seat and slot time are freed."""
-        for tid in sorted(self.tasks_of.pop(order_id, set())):
-            t = self.plan.tasks.get(tid)
-            if t is None:
-                continue
-            t.units.pop(order_id, None)
-            if not t.units:
-                self._drop_task(t)
-            elif t.kind == "prep":
-                self.kitchens[t.kitchen_id].note_room(t)
-        rid = self.run_of.pop(order_id, None)
-        if rid is not None and rid in self.plan.runs:
-            r = self.plan.runs[rid]
-            r.orders.remove(order_id)
-            if not r.orders:
-                self._drop_run(r)
-        for rv in self.res_by_order.pop(order_id, []):
-            self._drop_reservation(rv)
-        self.plan.orders.pop(order_id, None)
+    def remove(self, *order_ids: str) -> None:
+        """Take orders out of the plan: their units, run seats and slot time are freed."""
+        gone: list[Reservation] = []
+        for order_id in order_ids:
+            for tid in sorted(self.tasks_of.pop(order_id, set())):
+                t = self.plan.tasks.get(tid)
+                if t is None:
+                    continue
+                t.units.pop(order_id, None)
+                if not t.units:
+                    self._drop_task(t)
+                elif t.kind == "prep":
+                    self.kitchens[t.kitchen_id].note_room(t)
+            rid = self.run_of.pop(order_id, None)
+            if rid is not None and rid in self.plan.runs:
+                r = self.plan.runs[rid]
+                r.orders.remove(order_id)
+                if not r.orders:
+                    self._drop_run(r)
+            gone.extend(self.res_by_order.pop(order_id, []))
+            self.plan.orders.pop(order_id, None)
+        if gone:
+            # one pass over the plan's slot time for all of them, by identity: the objects of
+            # ``res_by_order`` are those of ``plan.reservations`` (a search by value per parcel
+            # compared every field of every reservation on the way)
+            drop = {id(rv) for rv in gone}
+            self.plan.reservations = [rv for rv in self.plan.reservations if id(rv) not in drop]
+            for rv in gone:
+                self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
 
     def add_reservations(self, reservations: Iterable[Reservation]) -> None:
         """Slot time taken meanwhile by others (already in no plan of this state)."""

@@ -327,15 +327,18 @@ class Optimizer:
                 m.add(vb == sv).only_enforce_if(lit)
             v[bi] = vb
             by_order[(oid, sku, step)].append(bi)
+        chosen_by: dict[str, list[int]] = {}  # task -> the bundles that may go in it
+        for bi, tid in y:
+            chosen_by.setdefault(tid, []).append(bi)
         for tid, lit in presence.items():
-            users = [y[key] for key in y if key[1] == tid]
+            users = [y[(bi, tid)] for bi in chosen_by.get(tid, ())]
             for u in users:
                 m.add_implication(u, lit)
             m.add(sum(users) >= 1).only_enforce_if(lit)
         for (sku, step), lst in pool.items():
             batch = k.menu[sku].steps[step - 1][2]
             for t in lst:
-                users = [(bundles[bi][3], y[(bi, tid)]) for (bi, tid) in y if tid == t.id]
+                users = [(bundles[bi][3], y[(bi, t.id)]) for bi in chosen_by.get(t.id, ())]
                 if users:
                     m.add(sum(u * lit for u, lit in users) <= batch - stay[t.id])
 
@@ -496,10 +499,12 @@ class Optimizer:
                     m.add_hint(ln, end - (plan.runs[state.run_of[o.id]].arrive - base))
                 iv = m.new_interval_var(dv, ln, end, "")
                 groups[(cabinet_of[o.id], zone)].append((iv, SIZE_RANK[size]))
+        held: dict[tuple[str, str], list[Reservation]] = defaultdict(list)  # slot time that stays
+        for rv in plan.reservations:
+            if (rv.cabinet_id, rv.zone) in groups and rv.order_id not in movable and rv.end > now:
+                held[(rv.cabinet_id, rv.zone)].append(rv)
         for (cab, zone), members_cz in groups.items():
-            for rv in plan.reservations:
-                if rv.cabinet_id != cab or rv.zone != zone or rv.order_id in movable or rv.end <= now:
-                    continue
+            for rv in held[(cab, zone)]:
                 s0 = max(rv.start, now)
                 members_cz.append(
                     (m.new_fixed_size_interval_var(s0 - base, rv.end - s0, ""), SIZE_RANK[rv.size])
@@ -557,7 +562,7 @@ class Optimizer:
         final_units: dict[str, dict[str, int]] = {}
         for lst in pool.values():
             for t in lst:
-                if any(o in movable for o in t.units) or any(key[1] == t.id for key in y):
+                if t.id in chosen_by or any(o in movable for o in t.units):
                     final_units[t.id] = {o: u for o, u in t.units.items() if o not in movable}
         for (bi, tid), lit in y.items():
             if solver.boolean_value(lit):
@@ -708,8 +713,7 @@ class Optimizer:
             return False
 
         # apply
-        for oid in ids:
-            state.remove(oid)
+        state.remove(*ids)
         for tid, t in new_tasks.items():
             old = plan.tasks.get(tid)
             if old is None:

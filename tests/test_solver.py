@@ -6,6 +6,7 @@ import csv
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -304,6 +305,34 @@ def test_remove_frees_everything_for_the_next_order() -> None:
     assert all(first not in t.units for t in state.plan.tasks.values())
     assert all(first not in r.orders for r in state.plan.runs.values())
     assert check(w, state.plan, S) == []
+
+
+def test_removing_orders_together_is_removing_them_one_by_one() -> None:
+    """The re-planner takes all its orders out in one call (one pass over the slot time); the state
+    is then what taking them out one at a time leaves, and their slot time is free."""
+    w, together, results = admitted_plan()
+    _, apart, _ = admitted_plan()
+    placed = [o for o, r in results.items() if isinstance(r, Insertion)]
+    assert len(placed) >= 4
+    gone = placed[1::2]
+    together.remove(*gone)
+    for oid in gone:
+        apart.remove(oid)
+
+    def held(st: PlanState) -> tuple[Any, ...]:
+        return (
+            [repr(rv) for rv in st.plan.reservations],
+            {k: list(b.iv) for k, b in st.slot_busy.items() if b.iv},
+            {o: [repr(rv) for rv in v] for o, v in st.res_by_order.items()},
+            sorted((t.id, t.start, sorted(t.units.items())) for t in st.plan.tasks.values()),
+            sorted((r.id, r.orders) for r in st.plan.runs.values()),
+            sorted(st.plan.orders),
+        )
+
+    assert held(together) == held(apart)
+    assert not {rv.order_id for rv in together.plan.reservations} & set(gone)
+    assert not {oid for b in together.slot_busy.values() for _, _, oid in b.iv} & set(gone)
+    assert check(w, together.plan, S) == []
 
 
 def test_offerable_respects_hours_and_lead() -> None:
