@@ -1025,6 +1025,8 @@ async def alternatives(
             if len(out) >= 2:
                 break
     for kid, k in sorted(world.kitchens.items()) if refused.reason != "no-cabinet-capacity" else ():
+        if len(out) >= limit:  # no dry run (or plan load) whose answer would be cut off
+            break
         if kid == order.kitchen_id or order.station_id not in k.travel:
             continue
         if not all(s in k.menu for s in order.items):
@@ -1034,7 +1036,7 @@ async def alternatives(
         if st is not None and fits(st, o):
             out.append(Alternative(station_id=o.station_id, kitchen_id=kid, eta=from_minute(o.eta)))
     own = world.kitchens.get(order.kitchen_id)
-    if own is not None:
+    if own is not None and len(out) < limit:
         others = sorted((t, s) for s, t in own.travel.items() if s != order.station_id)
         for _, sid in others[:3]:
             st = await suggestion_state(ctx, world, order.kitchen_id, sid, now)

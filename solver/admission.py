@@ -361,14 +361,20 @@ class PlanState:
                     self._drop_run(r)
             gone.extend(self.res_by_order.pop(order_id, []))
             self.plan.orders.pop(order_id, None)
-        if gone:
-            # one pass over the plan's slot time for all of them, by identity: the objects of
-            # ``res_by_order`` are those of ``plan.reservations`` (a search by value per parcel
-            # compared every field of every reservation on the way)
-            drop = {id(rv) for rv in gone}
-            self.plan.reservations = [rv for rv in self.plan.reservations if id(rv) not in drop]
-            for rv in gone:
-                self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
+        self._drop_reservations(gone)
+
+    def _drop_reservations(self, gone: list[Reservation]) -> None:
+        """Free this slot time: one pass over the plan's, by identity (``res_by_order`` and the
+        books hold the very objects of ``plan.reservations``)."""
+        if not gone:
+            return
+        drop = {id(rv) for rv in gone}
+        self.plan.reservations = [rv for rv in self.plan.reservations if id(rv) not in drop]
+        for rv in gone:
+            self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
+            left = [x for x in self.res_by_order.pop(rv.order_id, []) if id(x) not in drop]
+            if left:
+                self.res_by_order[rv.order_id] = left
 
     def add_reservations(self, reservations: Iterable[Reservation]) -> None:
         """Slot time taken meanwhile by others (already in no plan of this state)."""
@@ -382,23 +388,15 @@ class PlanState:
         cabs = set(cabinets)
         incoming = {_rv_key(rv): rv for rv in reservations}
         kept: set[tuple[Any, ...]] = set()
-        stay: list[Reservation] = []
         gone: list[Reservation] = []
         for rv in self.plan.reservations:
             if rv.cabinet_id in cabs:
                 key = _rv_key(rv)
                 if key not in incoming or key in kept:
                     gone.append(rv)
-                    continue
-                kept.add(key)
-            stay.append(rv)
-        if gone:
-            self.plan.reservations = stay
-            for rv in gone:
-                self.slot_busy[(rv.cabinet_id, rv.slot)].remove(rv.start, rv.end, rv.order_id)
-                left = [x for x in self.res_by_order.pop(rv.order_id, []) if x is not rv]
-                if left:
-                    self.res_by_order[rv.order_id] = left
+                else:
+                    kept.add(key)
+        self._drop_reservations(gone)
         for key, rv in incoming.items():
             if key not in kept:
                 self._add_reservation(rv)

@@ -233,6 +233,44 @@ async def test_refusals_in_a_row_load_plans_for_suggestions_at_most_once_a_secon
     assert f"exitbox_plan_cache_suggestion_loads_total {plans.suggestion_loads}" in str(text)
 
 
+async def test_suggestions_stop_once_they_reach_their_limit(
+    tiny: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No dry run, and no plan load, is made for a suggestion that the limit would cut off."""
+    from datetime import datetime
+
+    from service import ordering
+    from service.api.keys import CTX
+    from solver.admission import Rejection, admit, id_factory
+    from solver.model import OrderReq, to_minute, to_minute_ceil
+
+    for who in ("a", "b"):  # north's two chilled slots taken
+        status, _ = await place(tiny, who, items=[{"sku": "juice", "qty": 1}])
+        assert status == 201
+    ctx = tiny.app[CTX]
+    assert ctx.worlds.current is not None
+    world = ctx.worlds.current[1]
+    state = ctx.plans.peek("bakery", "north")
+    assert state is not None
+    order = OrderReq("probe", "bakery", "north", to_minute(datetime.fromisoformat(ETA)), {"juice": 1})
+    now = tiny.clock.now()
+    refused = admit(world, state, order, to_minute_ceil(now), ctx.planner, id_factory())
+    assert isinstance(refused, Rejection) and refused.reason == "no-cabinet-capacity"
+    looked: list[str] = []
+    real = ordering.suggestion_state
+
+    async def counted(ctx_: Any, world_: Any, kitchen_id: str, station_id: str, now_: Any) -> Any:
+        looked.append(station_id)
+        return await real(ctx_, world_, kitchen_id, station_id, now_)
+
+    monkeypatch.setattr(ordering, "suggestion_state", counted)
+    every = await ordering.alternatives(ctx, world, state, order, now, refused)
+    assert len(every) >= 2 and looked, every  # a later eta here, and other stations looked at
+    looked.clear()
+    first = await ordering.alternatives(ctx, world, state, order, now, refused, limit=1)
+    assert first == every[:1] and looked == []
+
+
 async def test_too_late_and_closed(tiny: Client) -> None:
     soon = (TINY_MORNING + timedelta(minutes=10)).isoformat()
     status, body = await place(tiny, eta=soon)
@@ -616,6 +654,14 @@ async def test_one_batch_for_two_kitchens_at_a_shared_station_promises_no_slot_t
         await conn.close()
 
 
+async def cancel_unseen(conn: Any, order_id: str) -> None:
+    """An order cancelled and its slot time freed behind the plan cache's back, moving no slot
+    version (as a pickup or an expiry frees slot time)."""
+    async with conn.transaction():
+        await conn.execute("update orders set status = 'cancelled' where id = $1", order_id)
+        await conn.execute("update parcels set state = 'released' where order_id = $1", order_id)
+
+
 def plan_shape(st: Any, cabinets: set[str]) -> tuple[list[Any], list[Any], list[Any]]:
     """A plan state's tasks, runs and the slot time at ``cabinets``, comparable between a cached
     state and a fresh load."""
@@ -693,9 +739,7 @@ async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_th
     try:
         _, world = await ctx.worlds.get(conn)
         cabs = set(world.station_cabinets["s03"])
-        async with conn.transaction():  # gone, and its slot time free, with no slot version moved
-            await conn.execute("update orders set status = 'cancelled' where id = $1", ids[0])
-            await conn.execute("update parcels set state = 'released' where order_id = $1", ids[0])
+        await cancel_unseen(conn, ids[0])  # gone, and its slot time free, with no slot version moved
         entry = ctx.plans.slots["s03"]
         assert await ctx.plans.refresh(conn, world, demo.clock.now()) == 0  # still fresh: nothing read
         entry.at -= ctx.plans.max_age * 0.6
@@ -725,9 +769,7 @@ async def test_aged_slot_time_is_read_again_out_of_the_way_frees_included_and_th
         version = entry.version
         ahead = replace(entry.rvs[-1], order_id="o-ahead", start=1, end=2)
         ctx.plans.grow({"s03": version}, {"s03": version + 1}, [ahead], world)
-        async with conn.transaction():
-            await conn.execute("update orders set status = 'cancelled' where id = $1", ids[1])
-            await conn.execute("update parcels set state = 'released' where order_id = $1", ids[1])
+        await cancel_unseen(conn, ids[1])
         ctx.plans.slots["s03"].at -= ctx.plans.max_age * 0.6
         assert await ctx.plans.refresh(conn, world, demo.clock.now()) >= 1
         entry = ctx.plans.slots["s03"]
@@ -762,9 +804,7 @@ async def test_a_kitchen_state_checked_out_while_a_re_read_is_handed_round_is_le
     conn = await demo.conn()
     try:
         _, world = await ctx.worlds.get(conn)
-        async with conn.transaction():  # a free the cache has not seen: the station is read again
-            await conn.execute("update orders set status = 'cancelled' where id = $1", ids[0])
-            await conn.execute("update parcels set state = 'released' where order_id = $1", ids[0])
+        await cancel_unseen(conn, ids[0])  # a free the cache has not seen: the station is read again
         ctx.plans.slots["s03"].at -= ctx.plans.max_age * 0.6
         taken: list[Any] = []
         rebuild = ctx.plans._rebuild

@@ -55,6 +55,14 @@ def bakery_before_first_eta(pack: int) -> tuple[World, PlanState, Callable[[str]
     return w, PlanState(w), id_factory(), eta, eta - 120
 
 
+def slot_time_held(st: PlanState) -> tuple[list[str], dict[Any, Any], dict[str, list[str]]]:
+    """All a state holds of slot time, comparable between states: the plan's reservations, the
+    slots' books and each order's reservations."""
+    books = {k: list(b.iv) for k, b in st.slot_busy.items() if b.iv}
+    by_order = {o: sorted(map(repr, v)) for o, v in st.res_by_order.items() if v}
+    return sorted(map(repr, st.plan.reservations)), books, by_order
+
+
 def admitted_plan() -> tuple[World, PlanState, dict[str, Insertion | Rejection]]:
     w = world()
     state = PlanState(w)
@@ -289,12 +297,7 @@ def test_replacing_a_cabinets_slot_time_leaves_the_state_as_if_loaded_afresh() -
         fresh = PlanState(w)
         fresh.add_reservations(south + new_north)
 
-        def held(st: PlanState) -> tuple[list[tuple], dict, dict]:
-            books = {k: list(b.iv) for k, b in st.slot_busy.items() if b.iv}
-            by_order = {o: sorted(map(repr, v)) for o, v in st.res_by_order.items() if v}
-            return sorted(map(repr, st.plan.reservations)), books, by_order
-
-        assert held(state) == held(fresh)
+        assert slot_time_held(state) == slot_time_held(fresh)
 
 
 def test_remove_frees_everything_for_the_next_order() -> None:
@@ -321,9 +324,8 @@ def test_removing_orders_together_is_removing_them_one_by_one() -> None:
 
     def held(st: PlanState) -> tuple[Any, ...]:
         return (
-            [repr(rv) for rv in st.plan.reservations],
-            {k: list(b.iv) for k, b in st.slot_busy.items() if b.iv},
-            {o: [repr(rv) for rv in v] for o, v in st.res_by_order.items()},
+            slot_time_held(st),
+            [repr(rv) for rv in st.plan.reservations],  # in the same order, too
             sorted((t.id, t.start, sorted(t.units.items())) for t in st.plan.tasks.values()),
             sorted((r.id, r.orders) for r in st.plan.runs.values()),
             sorted(st.plan.orders),
