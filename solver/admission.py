@@ -576,21 +576,28 @@ class _SlotPicker:
     snug-fit measure. So a size group needs one index per ``end``: its slots' free-from minutes
     sorted (ties by label order), where the snuggest slot free at ``a`` is found by bisection. The
     index is built when the group is first needed and kept in the state; when asked again it takes
-    in only the slots changed since (the group's change log), or is built afresh after many."""
+    in only the slots changed since (the group's change log), or is built afresh after many. A dry
+    run needs only some free slot (not ``snug``): it looks through the group unless an index for
+    its ``end`` is at hand, as most dry runs' ends are asked for once."""
 
-    __slots__ = ("cabinets", "end", "parcels", "state")
+    __slots__ = ("cabinets", "end", "parcels", "snug", "state")
 
     INDEX_LIMIT = 4096  # indexes a state keeps (each is a group's slots); beyond, it starts afresh
 
-    def __init__(self, state: PlanState, cabinets: list[str], parcels: dict[str, str], end: int) -> None:
+    def __init__(
+        self, state: PlanState, cabinets: list[str], parcels: dict[str, str], end: int, snug: bool = True
+    ) -> None:
         self.state = state
         self.cabinets = cabinets
         self.parcels = [(zone, SIZE_RANK[size]) for zone, size in parcels.items()]
         self.end = end
+        self.snug = snug
 
-    def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> SlotIndex:
-        """The group's index for ``end``, up to date."""
-        state, end = self.state, self.end
+    def _books(
+        self, cab: str, zone: str, rank: int, group: list[SlotInfo]
+    ) -> tuple[list[SlotBook], GroupLog]:
+        """The group's slot books, tied to its change log."""
+        state = self.state
         got = state.group_books.get((cab, zone, rank))
         if got is None:
             log = GroupLog(len(group))
@@ -598,7 +605,25 @@ class _SlotPicker:
             for i, b in enumerate(books):
                 b.log, b.pos = log, i
             got = state.group_books[(cab, zone, rank)] = (books, log)
-        books, log = got
+        return got
+
+    def _free(self, cab: str, zone: str, rank: int, group: list[SlotInfo], arrive: int) -> int | None:
+        """The place of a slot of the group free from ``arrive`` to ``end``: the snuggest from the
+        group's index; when any will do (not ``snug``) and there is no index for this ``end`` yet,
+        the first found in label order, without building one (a dry run's ``end`` is seldom
+        asked for again, and most of the time a free slot is found among the first few)."""
+        if self.snug or (cab, zone, rank, self.end) in self.state.slot_index:
+            return self._index(cab, zone, rank, group).pick(arrive)
+        end = self.end
+        for i, b in enumerate(self._books(cab, zone, rank, group)[0]):
+            if _free_from(b, end) <= arrive:
+                return i
+        return None
+
+    def _index(self, cab: str, zone: str, rank: int, group: list[SlotInfo]) -> SlotIndex:
+        """The group's index for ``end``, up to date."""
+        state, end = self.state, self.end
+        books, log = self._books(cab, zone, rank, group)
         key = (cab, zone, rank, end)
         ix = state.slot_index.get(key)
         if ix is not None and ix.seen < log.count:
@@ -625,8 +650,7 @@ class _SlotPicker:
                 for rank, group in self.state.world.slots_by_size(cab, zone):
                     if rank < need:
                         continue
-                    # the latest free-from at or before ``arrive``; of equal ones the first label
-                    i = self._index(cab, zone, rank, group).pick(arrive)
+                    i = self._free(cab, zone, rank, group, arrive)
                     if i is not None:
                         chosen[zone] = group[i]
                         break
@@ -685,7 +709,8 @@ def admit(
 ) -> Insertion | Rejection:
     """Fit one order into the plan (first fit, see the module's doc). ``explain=False`` is for dry
     runs that only ask whether it fits: a refusal for capacity then says ``no-capacity`` without
-    working out which resource was short. Arrivals at or before ``after`` are not tried (a caller
+    working out which resource was short, and a fit's slots are free but not always the snuggest
+    (``_SlotPicker``'s ``snug``). Arrivals at or before ``after`` are not tried (a caller
     that knows they cannot work, see ``later_eta_from``)."""
     bad = validate(world, order)
     if bad is not None:
@@ -787,7 +812,7 @@ def admit(
     # cheapest first; which stage a refusal reached is worked out after (the refusal's reason)
     reached_kitchen = False  # some candidate had a courier and a slot
     kitchen_failed_new = False
-    slots = _SlotPicker(state, cabinets, parcels, end)
+    slots = _SlotPicker(state, cabinets, parcels, end, snug=explain)
     # no slot free from an arrival means none free from any earlier one (the slot time needed
     # only grows): arrivals at or before ``no_slot`` are not asked again
     no_slot = NEVER
