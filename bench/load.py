@@ -2,10 +2,13 @@
 serve` on PostgreSQL, and in the same run against a bare endpoint doing one transactional insert on
 the same database (the floor of this machine).
 
-    python bench/load.py                     # 32 clients, 20 s each
-    python bench/load.py --clients 8 --seconds 10
+    python bench/load.py                     # 32 clients, 20 s per target in 4 slices
+    python bench/load.py --clients 8 --seconds 10 --slices 2
 
-Everything runs on this machine, on loopback; request loops are bounded in count and time.
+The two targets take turns in slices (floor, exitbox, exitbox, floor, ...), so a machine whose
+speed drifts during the run (it does: the floor alone moves by a third from one second to the
+next) weighs on both alike; each slice's figures are printed, then the totals. Everything runs
+on this machine, on loopback; request loops are bounded in count and time.
 """
 
 from __future__ import annotations
@@ -96,11 +99,20 @@ async def drive(url: str, token: str, clients: int, seconds: float, bodies: list
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
-    wall = time.perf_counter() - t0
-    lat = sorted(latencies)
+    return {"wall": time.perf_counter() - t0, "latencies": latencies, "statuses": statuses}
+
+
+def summary(slices: list[dict]) -> dict:
+    """Throughput, latency percentiles and statuses of one or more slices of a target."""
+    wall = sum(s["wall"] for s in slices)
+    lat = sorted(x for s in slices for x in s["latencies"])
+    statuses: dict[str, int] = {}
+    for s in slices:
+        for k, n in s["statuses"].items():
+            statuses[str(k)] = statuses.get(str(k), 0) + n
     return {
         "requests": len(lat),
-        "per_second": len(lat) / wall,
+        "per_second": len(lat) / wall if wall else 0.0,
         "p50_ms": statistics.median(lat) if lat else None,
         "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
         "statuses": dict(sorted(statuses.items())),
@@ -108,6 +120,15 @@ async def drive(url: str, token: str, clients: int, seconds: float, bodies: list
 
 
 # --------------------------------------------------------------------------- orchestration
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_http(url: str, timeout: float = 60) -> None:
@@ -132,7 +153,9 @@ def wait_http(url: str, timeout: float = 60) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=20.0, help="per target, over all its slices")
+    ap.add_argument("--slices", type=int, default=4, help="turns each target takes, alternating")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds per target first, not counted")
     ap.add_argument("--cap", type=int, default=200_000, help="at most this many requests per target")
     ap.add_argument("--bare-server", nargs=2, metavar=("PORT", "DSN"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -212,12 +235,19 @@ def main() -> None:
                 }
             )
         token = mint_token(secret, "commuter", "load")
-        print(f"== load: {args.clients} clients, {args.seconds:.0f} s per target, loopback ==", flush=True)
-        results = {}
-        for name, url in (
-            ("floor (one insert)", f"http://127.0.0.1:{bare_port}/bare"),
-            ("exitbox POST /v1/orders", f"http://127.0.0.1:{port}/v1/orders"),
-        ):
+        slices = max(1, args.slices)
+        print(
+            f"== load: {args.clients} clients, {args.seconds:.0f} s per target in {slices} slices "
+            f"taking turns after {args.warmup:.0f} s of warm-up each, loopback ==",
+            flush=True,
+        )
+        floor_name, ours_name = "floor (one insert)", "exitbox POST /v1/orders"
+        targets = {
+            floor_name: f"http://127.0.0.1:{bare_port}/bare",
+            ours_name: f"http://127.0.0.1:{port}/v1/orders",
+        }
+
+        def drive_apart(url: str, seconds: float, cap: int) -> dict:
             r = subprocess.run(
                 [
                     sys.executable,
@@ -226,16 +256,37 @@ def main() -> None:
                     "from bench.load import drive; "
                     "print(json.dumps(asyncio.run(drive(*json.loads(sys.stdin.read())))))",
                 ],
-                input=json.dumps([url, token, args.clients, args.seconds, bodies, args.cap]),
+                input=json.dumps([url, token, args.clients, seconds, bodies, cap]),
                 capture_output=True,
                 text=True,
                 check=True,
             )
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            results[name] = res
+            return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+        for url in targets.values():  # warm-up, not counted: connections, caches, first plans
+            drive_apart(url, args.warmup, args.cap)
+        done: dict[str, list[dict]] = {name: [] for name in targets}
+        server = {floor_name: procs[1].pid, ours_name: procs[0].pid}
+        cpu = dict.fromkeys(targets, 0.0)  # the server process's CPU seconds while it was driven
+        for i in range(slices):
+            names = list(targets) if i % 2 == 0 else list(reversed(targets))  # ABBA: neither always first
+            for name in names:
+                before = cpu_seconds(server[name])
+                done[name].append(drive_apart(targets[name], args.seconds / slices, args.cap // slices))
+                cpu[name] += cpu_seconds(server[name]) - before
+            f, o = summary(done[floor_name][-1:]), summary(done[ours_name][-1:])
+            print(
+                f"{f'slice {i + 1}':>26}: floor {f['per_second']:7.1f} req/s p99 {f['p99_ms']:5.1f} ms, "
+                f"exitbox {o['per_second']:7.1f} req/s p99 {o['p99_ms']:5.1f} ms "
+                f"({o['per_second'] / f['per_second']:.0%})",
+                flush=True,
+            )
+        results = {name: summary(got) for name, got in done.items()}
+        for name, res in results.items():
             print(
                 f"{name:>26}: {res['per_second']:8.1f} req/s  p50 {res['p50_ms']:7.1f} ms  "
-                f"p99 {res['p99_ms']:7.1f} ms  statuses {res['statuses']}",
+                f"p99 {res['p99_ms']:7.1f} ms  server CPU {1000 * cpu[name] / max(1, res['requests']):.3f} "
+                f"ms/request  statuses {res['statuses']}",
                 flush=True,
             )
         import urllib.request
@@ -247,7 +298,7 @@ def main() -> None:
                 if line.startswith(("exitbox_placement_", "exitbox_plan_cache_"))
             ]
         print(f"{'exitbox batching':>26}: " + ", ".join(shown), flush=True)
-        floor, ours = results["floor (one insert)"], results["exitbox POST /v1/orders"]
+        floor, ours = results[floor_name], results[ours_name]
         fivexx = sum(n for s, n in ours["statuses"].items() if str(s).startswith("5") or str(s) == "0")
         over = asyncio.run(_over_reserved(dsn))
         print(
