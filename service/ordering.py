@@ -25,7 +25,7 @@ import asyncpg
 
 from db.queries import plans as plan_q
 from db.queries.network import STAMP_COLUMNS, load_network, network_stamp, stamp_of
-from solver.admission import NEVER, Insertion, PlanState, Rejection, admit, later_eta_from
+from solver.admission import NEVER, Insertion, PlanState, Rejection, admit, id_factory, later_eta_from
 from solver.model import NetworkSpec, OrderReq, Reservation, World, from_minute, to_minute, to_minute_ceil
 from solver.model import Settings as PlannerSettings
 
@@ -1012,10 +1012,11 @@ async def alternatives(
     those up to it are known to fail (``later_eta_from``)."""
     out: list[Alternative] = []
     now_m = to_minute_ceil(now)
+    dry_ids = id_factory("-dry-")  # a dry run's tasks and runs are thrown away: no random ids for them
 
     def fits(st: PlanState, o: OrderReq, after: int = NEVER) -> bool:
         probe = OrderReq(o.id, o.kitchen_id, o.station_id, o.eta, dict(o.items))
-        got = admit(world, st, probe, now_m, ctx.planner, new_id, explain=False, after=after)
+        got = admit(world, st, probe, now_m, ctx.planner, dry_ids, explain=False, after=after)
         return isinstance(got, Insertion)
 
     for delta in (10, 20, 30, 45, 60, -10, -20):
