@@ -237,7 +237,10 @@ PLAN_WRITES = """
           from unnest($20::text[], $21::text[], $22::text[], $23::text[], $24::text[],
                       $25::timestamptz[], $26::timestamptz[], $27::timestamptz[])
                as p(order_id, zone, size, cabinet_id, label, f, t, expires_at)
-          join slots s on s.cabinet_id = p.cabinet_id and s.label = p.label
+          -- a look-up by the (cabinet, label) key per parcel: ``offset 0`` keeps the planner from
+          -- turning it into a hash join over every slot of the network
+          cross join lateral (select s.id from slots s
+                               where s.cabinet_id = p.cabinet_id and s.label = p.label offset 0) s
          where (select ok from go)),
     slot_bump as (
         update stations set slot_version = slot_version + 1
