@@ -19,6 +19,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -157,6 +158,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=4, help="turns each target takes, alternating")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds per target first, not counted")
     ap.add_argument("--cap", type=int, default=200_000, help="at most this many requests per target")
+    ap.add_argument("--keep", action="store_true", help="keep the run's database and server log")
     ap.add_argument("--bare-server", nargs=2, metavar=("PORT", "DSN"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_server:
@@ -314,6 +316,10 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         pg.stop()
+        if args.keep or sys.exc_info()[0] is not None:
+            print(f"the run's database and server log are kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)  # ~150 MB of database per run
 
 
 async def _over_reserved(dsn: str) -> int:
