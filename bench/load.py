@@ -196,22 +196,20 @@ def main() -> None:
         port = free_port()
         exitbox = Path(sys.executable).parent / "exitbox"
         log = (work / "serve.log").open("w")
-        procs.append(
-            subprocess.Popen(
-                [str(exitbox), "serve", "--port", str(port), "--network", str(work / "network.yaml")],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        serve = subprocess.Popen(
+            [str(exitbox), "serve", "--port", str(port), "--network", str(work / "network.yaml")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+        procs.append(serve)
         bare_port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, __file__, "--bare-server", str(bare_port), dsn],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--bare-server", str(bare_port), dsn],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        procs.append(bare)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
         except RuntimeError:
@@ -268,7 +266,7 @@ def main() -> None:
         for url in targets.values():  # warm-up, not counted: connections, caches, first plans
             drive_apart(url, args.warmup, args.cap)
         done: dict[str, list[dict]] = {name: [] for name in targets}
-        server = {floor_name: procs[1].pid, ours_name: procs[0].pid}
+        server = {floor_name: bare.pid, ours_name: serve.pid}
         cpu = dict.fromkeys(targets, 0.0)  # the server process's CPU seconds while it was driven
         for i in range(slices):
             names = list(targets) if i % 2 == 0 else list(reversed(targets))  # ABBA: neither always first

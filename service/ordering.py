@@ -1014,10 +1014,10 @@ async def alternatives(
     now_m = to_minute_ceil(now)
     dry_ids = id_factory("-dry-")  # a dry run's tasks and runs are thrown away: no random ids for them
 
-    def fits(st: PlanState, o: OrderReq, after: int = NEVER) -> bool:
-        probe = OrderReq(o.id, o.kitchen_id, o.station_id, o.eta, dict(o.items))
-        got = admit(world, st, probe, now_m, ctx.planner, dry_ids, explain=False, after=after)
-        return isinstance(got, Insertion)
+    def fits(st: PlanState, o: OrderReq, after: int = NEVER) -> bool:  # ``o`` is made for the dry run
+        return isinstance(
+            admit(world, st, o, now_m, ctx.planner, dry_ids, explain=False, after=after), Insertion
+        )
 
     for delta in (10, 20, 30, 45, 60, -10, -20):
         o = OrderReq(order.id, order.kitchen_id, order.station_id, order.eta + delta, order.items)

@@ -212,7 +212,8 @@ class KitchenState:
             bisect.insort(self.roomy[(t.sku, t.step)], t, key=_by_end)
             self.roomy_ids.add(t.id)
 
-    def _unroom(self, t: Task) -> None:
+    def drop_room(self, t: Task) -> None:
+        """A prep task that is leaving its place in the batch lists (moved or dropped)."""
         if t.id in self.roomy_ids:
             self.roomy[(t.sku or "", t.step or 0)].remove(t)
             self.roomy_ids.discard(t.id)
@@ -287,7 +288,7 @@ class PlanState:
         batch = ks.batches.get((t.sku or "", t.step or 0)) if t.kind == "prep" else None
         if batch is not None:
             batch.remove(t)
-            ks._unroom(t)
+            ks.drop_room(t)
         t.start, t.end = start, start + (t.end - t.start)
         ks.usage[t.resource].add(t.start, t.end)
         if batch is not None:
@@ -300,7 +301,7 @@ class PlanState:
         ks.usage[t.resource].add(t.start, t.end, -1)
         if t.kind == "prep" and t.sku is not None and t.step is not None:
             ks.batches[(t.sku, t.step)].remove(t)
-            ks._unroom(t)
+            ks.drop_room(t)
 
     def _add_run(self, r: Run) -> None:
         self.plan.runs[r.id] = r
@@ -340,6 +341,14 @@ class PlanState:
         for rv in ins.reservations:
             self._add_reservation(rv)
 
+    def set_units(self, t: Task, units: dict[str, int]) -> None:
+        """A task of the plan that stays takes these units (a re-plan moved some orders out of it
+        or into it): its orders know it, and it is open to joins again if it has room."""
+        t.units = dict(units)
+        for oid in t.units:
+            self.tasks_of[oid].add(t.id)
+        self.kitchens[t.kitchen_id].note_room(t)
+
     def remove(self, *order_ids: str) -> None:
         """Take orders out of the plan: their units, run seats and slot time are freed."""
         gone: list[Reservation] = []
@@ -351,7 +360,7 @@ class PlanState:
                 t.units.pop(order_id, None)
                 if not t.units:
                     self._drop_task(t)
-                elif t.kind == "prep":
+                else:
                     self.kitchens[t.kitchen_id].note_room(t)
             rid = self.run_of.pop(order_id, None)
             if rid is not None and rid in self.plan.runs:

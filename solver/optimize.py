@@ -719,10 +719,7 @@ class Optimizer:
             if old is None:
                 state._add_task(t)
                 continue
-            old.units = dict(t.units)  # a task that stayed (shared with orders that stay)
-            state.kitchens[old.kitchen_id].note_room(old)
-            for oid in t.units:
-                state.tasks_of[oid].add(tid)
+            state.set_units(old, t.units)  # a task that stayed (shared with orders that stay)
         for oid in orders:
             state.plan.orders[oid] = orders[oid]
         for rid, extra_orders in joined_fixed.items():

@@ -63,6 +63,17 @@ def slot_time_held(st: PlanState) -> tuple[list[str], dict[Any, Any], dict[str, 
     return sorted(map(repr, st.plan.reservations)), books, by_order
 
 
+def random_bakery_order(rng: Any, oid: str, base: int, spread: int = 150, most: int = 2) -> OrderReq:
+    """An order at the bakery for north or south with an eta in ``base`` + [0, ``spread``) and one
+    or two items of up to ``most`` each."""
+    eta = base + rng.randrange(0, spread)
+    items = {
+        s: rng.randint(1, most)
+        for s in rng.sample(["croissant", "egg-roll", "juice", "bread"], rng.randint(1, 2))
+    }
+    return OrderReq(oid, "bakery", rng.choice(["north", "south"]), eta, items)
+
+
 def admitted_plan() -> tuple[World, PlanState, dict[str, Insertion | Rejection]]:
     w = world()
     state = PlanState(w)
@@ -436,13 +447,10 @@ def test_many_random_orders_keep_every_rule(n: int) -> None:
     state = PlanState(w)
     new_id = id_factory()
     base = morning()[0][1].eta - 60
-    skus = ["croissant", "egg-roll", "juice", "bread"]
     confirmed = 0
     for i in range(n):
-        eta = base + rng.randrange(0, 150)
-        items = {s: rng.randint(1, 3) for s in rng.sample(skus, rng.randint(1, 2))}
-        o = OrderReq(f"o{i}", "bakery", rng.choice(["north", "south"]), eta, items)
-        r = admit(w, state, o, eta - rng.randrange(45, 200), S, new_id)
+        o = random_bakery_order(rng, f"o{i}", base, most=3)
+        r = admit(w, state, o, o.eta - rng.randrange(45, 200), S, new_id)
         if isinstance(r, Insertion):
             state.apply(r)
             confirmed += 1
@@ -462,15 +470,12 @@ def test_a_dry_run_answers_as_admission_does_and_its_slots_are_free() -> None:
     state = PlanState(w)
     new_id = id_factory()
     base = morning()[0][1].eta - 60
-    skus = ["croissant", "egg-roll", "juice", "bread"]
     fits = refused = other_slot = 0
     for i in range(300):
-        eta = base + rng.randrange(0, 120)
-        items = {s: rng.randint(1, 2) for s in rng.sample(skus, rng.randint(1, 2))}
-        station = rng.choice(["north", "south"])
-        now = eta - rng.randrange(45, 200)
-        dry = admit(w, state, OrderReq(f"o{i}", "bakery", station, eta, dict(items)), now, S, new_id, False)
-        real = admit(w, state, OrderReq(f"o{i}", "bakery", station, eta, dict(items)), now, S, new_id)
+        o = random_bakery_order(rng, f"o{i}", base, spread=120)
+        now = o.eta - rng.randrange(45, 200)
+        dry = admit(w, state, replace(o, items=dict(o.items)), now, S, new_id, False)
+        real = admit(w, state, o, now, S, new_id)
         assert isinstance(dry, Insertion) == isinstance(real, Insertion), i
         if not isinstance(dry, Insertion) or not isinstance(real, Insertion):
             refused += 1
@@ -497,13 +502,11 @@ def test_a_later_eta_for_an_order_refused_for_courier_or_slot_tries_only_later_a
     state = PlanState(w)
     new_id = id_factory()
     base = morning()[0][1].eta - 60
-    skus = ["croissant", "egg-roll", "juice", "bread"]
     compared = cut = found = 0
     reasons = set()
     for i in range(300):
-        eta = base + rng.randrange(0, 150)
-        items = {s: rng.randint(1, 2) for s in rng.sample(skus, rng.randint(1, 2))}
-        o = OrderReq(f"o{i}", "bakery", rng.choice(["north", "south"]), eta, items)
+        o = random_bakery_order(rng, f"o{i}", base)
+        eta, items = o.eta, o.items
         now = base - 120
         r = admit(w, state, o, now, S, new_id)
         if isinstance(r, Insertion):
