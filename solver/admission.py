@@ -75,6 +75,74 @@ class Usage:
         return self.m.get(t, 0)
 
 
+class Couriers(Usage):
+    """A kitchen's couriers out per minute, with a byte per minute that says whether all ``cap`` of
+    them are out (``full``, from minute ``base``), so that admission finds the arrivals a courier is
+    free for by searching bytes (``free_arrivals``) instead of stepping through the minutes."""
+
+    __slots__ = ("base", "cap", "full")
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.base = 0
+        self.full = bytearray()
+
+    def _cover(self, s: int, e: int) -> None:
+        """Grow ``full`` to hold the minutes [s, e)."""
+        if not self.full:
+            self.base = s
+        if s < self.base:
+            self.full[0:0] = bytes(self.base - s)
+            self.base = s
+        if e - self.base > len(self.full):
+            self.full.extend(bytes(e - self.base - len(self.full)))
+
+    def add(self, s: int, e: int, d: int = 1) -> None:
+        if s >= e:
+            return
+        self._cover(s, e)
+        m, full, base, cap = self.m, self.full, self.base, self.cap
+        for t in range(s, e):
+            n = m.get(t, 0) + d
+            if n:
+                m[t] = n
+            else:
+                m.pop(t, None)
+            full[t - base] = n >= cap
+
+    def free_arrivals(self, a: int, stop: int, step: int, travel: int) -> Iterator[int]:
+        """Arrivals from ``a`` to ``stop`` (``step`` 1 or -1) for which a courier is free from
+        departure to return, ``[arrival - travel, arrival + travel)``, in that order."""
+        if travel <= 0:
+            yield from range(a, stop + step, step)
+            return
+        if self.cap <= 0:
+            return
+        lo, hi = (stop, a) if step < 0 else (a, stop)
+        if lo > hi:
+            return
+        # minutes [lo - travel, hi + travel) hold every window asked about
+        self._cover(lo - travel, hi + travel)
+        full, base, need = self.full, self.base, 2 * travel
+        free = bytes(need)
+        start, end = lo - travel - base, hi + travel - base
+        if step < 0:
+            while True:
+                i = full.rfind(free, start, end)
+                if i < 0:
+                    return
+                yield i + base + travel
+                end = i + need - 1  # the next window down starts a minute earlier
+        else:
+            while True:
+                i = full.find(free, start, end)
+                if i < 0:
+                    return
+                yield i + base + travel
+                start = i + 1
+
+
 def _last_conflict(base: Usage, extra: Usage | None, s: int, e: int, cap: int) -> int | None:
     bm = base.m
     em = extra.m if extra is not None else {}
@@ -191,7 +259,7 @@ class GroupLog:
 class KitchenState:
     view: KitchenView
     usage: dict[str, Usage] = field(default_factory=dict)
-    couriers: Usage = field(default_factory=Usage)
+    couriers: Couriers = field(init=False)
     # prep tasks by (sku, step), sorted by (end, id): a new unit looks only at batches ending in time
     batches: dict[tuple[str, int], list[Task]] = field(default_factory=lambda: defaultdict(list))
     # the same with room for more units, and some that filled since (dropped when a search finds
@@ -199,8 +267,10 @@ class KitchenState:
     roomy: dict[tuple[str, int], list[Task]] = field(default_factory=lambda: defaultdict(list))
     roomy_ids: set[str] = field(default_factory=set)
     runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))  # by (arrive, id)
+    arrives: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # runs' arrivals
 
     def __post_init__(self) -> None:
+        self.couriers = Couriers(self.view.couriers)
         for r in self.view.capacity:
             self.usage.setdefault(r, Usage())
 
@@ -307,7 +377,10 @@ class PlanState:
         self.plan.runs[r.id] = r
         ks = self.kitchens[r.kitchen_id]
         ks.couriers.add(r.depart, r.back)
-        bisect.insort(ks.runs[r.station_id], r, key=_by_arrive)
+        runs = ks.runs[r.station_id]
+        i = bisect.bisect_right(runs, _by_arrive(r), key=_by_arrive)
+        runs.insert(i, r)
+        ks.arrives[r.station_id].insert(i, r.arrive)
         for oid in r.orders:
             self.run_of[oid] = r.id
 
@@ -315,7 +388,8 @@ class PlanState:
         del self.plan.runs[r.id]
         ks = self.kitchens[r.kitchen_id]
         ks.couriers.add(r.depart, r.back, -1)
-        ks.runs[r.station_id].remove(r)
+        i = ks.runs[r.station_id].index(r)
+        del ks.runs[r.station_id][i], ks.arrives[r.station_id][i]
 
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
@@ -750,44 +824,20 @@ def admit(
     earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes, after + 1)
 
     # candidates: (arrive, run or None); preference: at or before target, latest first; then after
-    there = ks.runs.get(order.station_id, [])
+    there, arrives = ks.runs.get(order.station_id, []), ks.arrives.get(order.station_id, [])
     joinable = [
         r
-        for r in there[
-            bisect.bisect_left(there, (earliest_arrive, ""), key=_by_arrive) : bisect.bisect_right(
-                there, (eta, "\uffff"), key=_by_arrive
-            )
-        ]
+        for r in there[bisect.bisect_left(arrives, earliest_arrive) : bisect.bisect_right(arrives, eta)]
         if not r.frozen and r.depart > now and len(r.orders) < k.run_capacity
     ]
     by_arrive: dict[int, list[Run]] = defaultdict(list)
     for r in joinable:
         by_arrive[r.arrive].append(r)  # in id order, as the list is
-    cm, cap = ks.couriers.m, k.couriers
 
     def new_runs(a: int, stop: int, step: int) -> Iterator[int]:
         """Arrivals from ``a`` to ``stop`` (``step`` 1 or -1) for which a courier is free from
-        departure to return ([a - travel, a + travel)), found in one pass over the minutes."""
-        need = 2 * travel
-        if need <= 0:
-            yield from range(a, stop + step, step)
-            return
-        free = 0
-        # going down, minute t with ``need`` free minutes from it makes arrival t + travel; going up,
-        # t with ``need`` free minutes up to it makes arrival t + 1 - travel
-        t, last, shift = (
-            (a + travel - 1, stop - travel, travel)
-            if step < 0
-            else (a - travel, stop + travel - 1, 1 - travel)
-        )
-        while (t >= last) if step < 0 else (t <= last):
-            if cm.get(t, 0) >= cap:
-                free = 0
-            else:
-                free += 1
-                if free >= need:
-                    yield t + shift
-            t += step
+        departure to return ([a - travel, a + travel))."""
+        return ks.couriers.free_arrivals(a, stop, step, travel)
 
     def candidates() -> Iterator[tuple[int, Run | None]]:
         # run aware: a run already going there close to the target is joined first

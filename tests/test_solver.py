@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from solver.admission import Insertion, PlanState, Rejection, admit, id_factory, offerable
+from solver.admission import Couriers, Insertion, PlanState, Rejection, admit, id_factory, offerable
 from solver.check import check
 from solver.model import OrderReq, Plan, Settings, World, to_minute
 
@@ -346,6 +347,34 @@ def test_removing_orders_together_is_removing_them_one_by_one() -> None:
     assert not {rv.order_id for rv in together.plan.reservations} & set(gone)
     assert not {oid for b in together.slot_busy.values() for _, _, oid in b.iv} & set(gone)
     assert check(w, together.plan, S) == []
+
+
+def test_free_courier_arrivals_are_those_whose_whole_round_trip_has_a_courier() -> None:
+    """Admission finds the arrivals a courier is free for by searching a byte per minute; they are
+    exactly the arrivals whose round trip [a - travel, a + travel) has fewer than ``cap`` couriers
+    out at every minute, in the order asked, as trips come and go."""
+    rng = random.Random(3)
+    for cap in (0, 1, 2, 3):
+        book = Couriers(cap)
+        trips: list[tuple[int, int]] = []
+        for _ in range(60):
+            if trips and rng.random() < 0.3:
+                s, e = trips.pop(rng.randrange(len(trips)))
+                book.add(s, e, -1)
+            else:
+                s = rng.randint(1000, 1200)
+                trips.append((s, s + rng.randint(2, 16)))
+                book.add(*trips[-1])
+            out = {t: sum(1 for s, e in trips if s <= t < e) for t in range(900, 1300)}
+            a, stop = rng.randint(950, 1250), rng.randint(950, 1250)
+            travel = rng.randint(0, 7)
+            step = -1 if a > stop else 1
+            want = [
+                x
+                for x in range(a, stop + step, step)
+                if travel == 0 or all(out[t] < cap for t in range(x - travel, x + travel))
+            ]
+            assert list(book.free_arrivals(a, stop, step, travel)) == want, (cap, a, stop, travel)
 
 
 def test_offerable_respects_hours_and_lead() -> None:
