@@ -77,39 +77,47 @@ class Usage:
 
 class Couriers(Usage):
     """A kitchen's couriers out per minute, with a byte per minute that says whether all ``cap`` of
-    them are out (``full``, from minute ``base``), so that admission finds the arrivals a courier is
-    free for by searching bytes (``free_arrivals``) instead of stepping through the minutes."""
+    them are out (``full``, a bytearray per UTC day of epoch minutes, made when a run first touches
+    the day), so that admission finds the arrivals a courier is free for by searching bytes
+    (``free_arrivals``) instead of stepping through the minutes."""
 
-    __slots__ = ("base", "cap", "full")
+    __slots__ = ("cap", "full")
+
+    DAY = 1440
 
     def __init__(self, cap: int) -> None:
         super().__init__()
         self.cap = cap
-        self.base = 0
-        self.full = bytearray()
-
-    def _cover(self, s: int, e: int) -> None:
-        """Grow ``full`` to hold the minutes [s, e)."""
-        if not self.full:
-            self.base = s
-        if s < self.base:
-            self.full[0:0] = bytes(self.base - s)
-            self.base = s
-        if e - self.base > len(self.full):
-            self.full.extend(bytes(e - self.base - len(self.full)))
+        self.full: dict[int, bytearray] = {}
 
     def add(self, s: int, e: int, d: int = 1) -> None:
-        if s >= e:
-            return
-        self._cover(s, e)
-        m, full, base, cap = self.m, self.full, self.base, self.cap
-        for t in range(s, e):
-            n = m.get(t, 0) + d
-            if n:
-                m[t] = n
-            else:
-                m.pop(t, None)
-            full[t - base] = n >= cap
+        m, cap, day = self.m, self.cap, self.DAY
+        t = s
+        while t < e:
+            base = t - t % day
+            flags = self.full.get(base)
+            if flags is None:
+                flags = self.full[base] = bytearray(day)
+            for u in range(t, min(e, base + day)):
+                n = m.get(u, 0) + d
+                if n:
+                    m[u] = n
+                else:
+                    m.pop(u, None)
+                flags[u - base] = n >= cap
+            t = base + day
+
+    def _flags(self, s: int, e: int) -> bytes:
+        """The full-minute bytes of minutes [s, e) (a day no run touched is all free)."""
+        day, out = self.DAY, []
+        t = s
+        while t < e:
+            base = t - t % day
+            end = min(e, base + day)
+            flags = self.full.get(base)
+            out.append(bytes(end - t) if flags is None else flags[t - base : end - base])
+            t = end
+        return b"".join(out)
 
     def free_arrivals(self, a: int, stop: int, step: int, travel: int) -> Iterator[int]:
         """Arrivals from ``a`` to ``stop`` (``step`` 1 or -1) for which a courier is free from
@@ -117,29 +125,21 @@ class Couriers(Usage):
         if travel <= 0:
             yield from range(a, stop + step, step)
             return
-        if self.cap <= 0:
-            return
         lo, hi = (stop, a) if step < 0 else (a, stop)
-        if lo > hi:
+        if self.cap <= 0 or lo > hi:
             return
-        # minutes [lo - travel, hi + travel) hold every window asked about
-        self._cover(lo - travel, hi + travel)
-        full, base, need = self.full, self.base, 2 * travel
+        # the minutes [lo - travel, hi + travel) hold every round trip asked about
+        flags, need = self._flags(lo - travel, hi + travel), 2 * travel
         free = bytes(need)
-        start, end = lo - travel - base, hi + travel - base
         if step < 0:
-            while True:
-                i = full.rfind(free, start, end)
-                if i < 0:
-                    return
-                yield i + base + travel
-                end = i + need - 1  # the next window down starts a minute earlier
+            end = len(flags)
+            while (i := flags.rfind(free, 0, end)) >= 0:
+                yield lo + i
+                end = i + need - 1  # the next round trip down starts a minute earlier
         else:
-            while True:
-                i = full.find(free, start, end)
-                if i < 0:
-                    return
-                yield i + base + travel
+            start = 0
+            while (i := flags.find(free, start)) >= 0:
+                yield lo + i
                 start = i + 1
 
 

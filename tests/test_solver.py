@@ -352,8 +352,10 @@ def test_removing_orders_together_is_removing_them_one_by_one() -> None:
 def test_free_courier_arrivals_are_those_whose_whole_round_trip_has_a_courier() -> None:
     """Admission finds the arrivals a courier is free for by searching a byte per minute; they are
     exactly the arrivals whose round trip [a - travel, a + travel) has fewer than ``cap`` couriers
-    out at every minute, in the order asked, as trips come and go."""
+    out at every minute, in the order asked, as trips come and go (across midnight UTC, where the
+    bytes of one day end)."""
     rng = random.Random(3)
+    day = 3 * 1440
     for cap in (0, 1, 2, 3):
         book = Couriers(cap)
         trips: list[tuple[int, int]] = []
@@ -362,11 +364,11 @@ def test_free_courier_arrivals_are_those_whose_whole_round_trip_has_a_courier() 
                 s, e = trips.pop(rng.randrange(len(trips)))
                 book.add(s, e, -1)
             else:
-                s = rng.randint(1000, 1200)
+                s = rng.randint(day - 100, day + 100)
                 trips.append((s, s + rng.randint(2, 16)))
                 book.add(*trips[-1])
-            out = {t: sum(1 for s, e in trips if s <= t < e) for t in range(900, 1300)}
-            a, stop = rng.randint(950, 1250), rng.randint(950, 1250)
+            out = {t: sum(1 for s, e in trips if s <= t < e) for t in range(day - 200, day + 200)}
+            a, stop = rng.randint(day - 150, day + 150), rng.randint(day - 150, day + 150)
             travel = rng.randint(0, 7)
             step = -1 if a > stop else 1
             want = [
@@ -375,6 +377,13 @@ def test_free_courier_arrivals_are_those_whose_whole_round_trip_has_a_courier() 
                 if travel == 0 or all(out[t] < cap for t in range(x - travel, x + travel))
             ]
             assert list(book.free_arrivals(a, stop, step, travel)) == want, (cap, a, stop, travel)
+    # a run in another millennium (an eta is not bounded) adds a day of bytes, not the days between
+    far = Couriers(1)
+    far.add(day, day + 8)
+    far.add(10**9, 10**9 + 8)
+    assert sorted(len(b) for b in far.full.values()) == [1440, 1440]
+    got = list(far.free_arrivals(10**9 + 10, 10**9 - 10, -1, 2))
+    assert got == [10**9 + 10, *range(10**9 - 2, 10**9 - 11, -1)]
 
 
 def test_offerable_respects_hours_and_lead() -> None:
