@@ -165,6 +165,8 @@ def main() -> None:
         asyncio.run(bare_server(int(args.bare_server[0]), args.bare_server[1]))
         return
 
+    # a run stopped with SIGTERM stops its servers and load driver too (``finally`` below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from db.embedded import EmbeddedPostgres, ensure_database
     from service.auth import mint_token
     from solver.generate import generate

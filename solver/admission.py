@@ -91,6 +91,7 @@ class Couriers(Usage):
         self.full: dict[int, bytearray] = {}
 
     def add(self, s: int, e: int, d: int = 1) -> None:
+        super().add(s, e, d)
         m, cap, day = self.m, self.cap, self.DAY
         t = s
         while t < e:
@@ -99,12 +100,7 @@ class Couriers(Usage):
             if flags is None:
                 flags = self.full[base] = bytearray(day)
             for u in range(t, min(e, base + day)):
-                n = m.get(u, 0) + d
-                if n:
-                    m[u] = n
-                else:
-                    m.pop(u, None)
-                flags[u - base] = n >= cap
+                flags[u - base] = m.get(u, 0) >= cap
             t = base + day
 
     def _flags(self, s: int, e: int) -> bytes:
@@ -834,11 +830,6 @@ def admit(
     for r in joinable:
         by_arrive[r.arrive].append(r)  # in id order, as the list is
 
-    def new_runs(a: int, stop: int, step: int) -> Iterator[int]:
-        """Arrivals from ``a`` to ``stop`` (``step`` 1 or -1) for which a courier is free from
-        departure to return ([a - travel, a + travel))."""
-        return ks.couriers.free_arrivals(a, stop, step, travel)
-
     def candidates() -> Iterator[tuple[int, Run | None]]:
         # run aware: a run already going there close to the target is joined first
         near = [r for r in joinable if target - settings.join_window <= r.arrive <= eta]
@@ -849,7 +840,7 @@ def admit(
         # then per arrival minute, at or before the target latest first, then after it: the runs
         # arriving then, then a new run (when a courier is free for it)
         for hi, lo, step in ((min(target, eta), earliest_arrive, -1), (max(target, after) + 1, eta, 1)):
-            news = new_runs(hi, lo, step)
+            news = ks.couriers.free_arrivals(hi, lo, step, travel)  # arrivals a new run could make
             nxt = next(news, None)
             minutes = [m for m in by_arrive if (lo <= m <= hi if step < 0 else hi <= m <= lo)]
             minutes.sort(reverse=step < 0)

@@ -501,8 +501,6 @@ def test_a_dry_run_answers_as_admission_does_and_its_slots_are_free() -> None:
     (it builds no index for its ``end``): it fits exactly when admission does, at the same arrival,
     and the slots it names are free (half the orders are placed with a dry run's answer, and the
     plan keeps every rule)."""
-    import random
-
     rng = random.Random(11)
     w = world()
     state = PlanState(w)
