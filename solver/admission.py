@@ -664,11 +664,16 @@ class _SlotPicker:
     INDEX_LIMIT = 4096  # indexes a state keeps (each is a group's slots); beyond, it starts afresh
 
     def __init__(
-        self, state: PlanState, cabinets: list[str], parcels: dict[str, str], end: int, snug: bool = True
+        self,
+        state: PlanState,
+        cabinets: list[str],
+        parcels: list[tuple[str, int]],
+        end: int,
+        snug: bool = True,
     ) -> None:
         self.state = state
         self.cabinets = cabinets
-        self.parcels = [(zone, SIZE_RANK[size]) for zone, size in parcels.items()]
+        self.parcels = parcels  # (zone, size rank)
         self.end = end
         self.snug = snug
 
@@ -751,11 +756,6 @@ def later_eta_from(refused: Rejection, order: OrderReq, eta: int) -> int:
     return NEVER
 
 
-def lead_minutes(k: KitchenView, items: Iterable[str], travel: int) -> int:
-    chain = max((k.menu[s].chain_minutes for s in items), default=0)
-    return chain + (k.pack[1] if k.pack else 0) + travel
-
-
 def validate(world: World, order: OrderReq) -> Rejection | None:
     k = world.kitchens.get(order.kitchen_id)
     if k is None:
@@ -776,6 +776,49 @@ def validate(world: World, order: OrderReq) -> Rejection | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    """What admission needs to know of an order that does not depend on its eta or the plan."""
+
+    kitchen: KitchenView
+    travel: int
+    parcels: dict[str, str]  # zone -> size (``parcels_of``)
+    cabinets: list[str]  # the cabinets it may use, in order
+    ranked: list[tuple[str, int]]  # (zone, size rank) of its parcels, for ``_SlotPicker``
+    holds: tuple[tuple[str, int], ...]  # (sku, max_hold)
+    min_hold: int
+    pack_min: int
+    chain: int  # the longest chain of steps among its items
+
+
+def order_facts(world: World, order: OrderReq) -> OrderFacts | Rejection:
+    """``validate``'s verdict, else the order's facts; both kept on ``world`` per kitchen, station,
+    cabinet and items, as dry runs ask again and again about the same few (read only: shared)."""
+    key = (order.kitchen_id, order.station_id, order.cabinet_id, *order.items.items())
+    got = world.facts.get(key)
+    if got is None:
+        got = validate(world, order)
+        if got is None:
+            k = world.kitchens[order.kitchen_id]
+            holds = tuple((sku, k.menu[sku].max_hold) for sku in order.items)
+            parcels = parcels_of(order, k)
+            got = OrderFacts(
+                k,
+                k.travel[order.station_id],
+                parcels,
+                [order.cabinet_id] if order.cabinet_id else list(world.station_cabinets[order.station_id]),
+                [(zone, SIZE_RANK[size]) for zone, size in parcels.items()],
+                holds,
+                min(h for _, h in holds),
+                k.pack[1] if k.pack else 0,
+                max(k.menu[s].chain_minutes for s in order.items),
+            )
+        if len(world.facts) >= 65536:
+            world.facts.clear()
+        world.facts[key] = got
+    return got
+
+
 def admit(
     world: World,
     state: PlanState,
@@ -791,31 +834,27 @@ def admit(
     working out which resource was short, and a fit's slots are free but not always the snuggest
     (``_SlotPicker``'s ``snug``). Arrivals at or before ``after`` are not tried (a caller
     that knows they cannot work, see ``later_eta_from``)."""
-    bad = validate(world, order)
-    if bad is not None:
-        return bad
-    k = world.kitchens[order.kitchen_id]
+    facts = order_facts(world, order)
+    if isinstance(facts, Rejection):
+        return facts
+    k, travel, parcels, cabinets = facts.kitchen, facts.travel, facts.parcels, facts.cabinets
     ks = state.kitchens[k.id]
-    travel = k.travel[order.station_id]
     eta = order.eta
     end = eta + settings.grace
-    fresh_lo = {sku: end - k.menu[sku].max_hold for sku in order.items}
-    parcels = parcels_of(order, k)
-    pack_min = k.pack[1] if k.pack else 0
-    chain = max(k.menu[s].chain_minutes for s in order.items)
+    fresh_lo = {sku: end - hold for sku, hold in facts.holds}
+    pack_min, chain = facts.pack_min, facts.chain
 
     # the food must be ready in (max fresh_lo, eta - travel]; some open window must allow it
     ready_hi = eta - travel
-    ready_lo = max(fresh_lo.values())
+    ready_lo = end - facts.min_hold
     windows = k.windows(ready_lo - chain - pack_min - 24 * 60, ready_hi + 1)
-    if now + lead_minutes(k, order.items, travel) > eta:
+    if now + chain + pack_min + travel > eta:  # cooking, packing and the ride take that long
         return Rejection("too-late", "not enough time left to cook and deliver by eta")
     if ready_lo > ready_hi:
         return Rejection("too-late", "the food would not stay fresh until eta plus grace")
     if not any(w0 + chain + pack_min <= ready_hi and w1 >= ready_lo for w0, w1 in windows):
         return Rejection("closed", f"{k.id} cannot have this ready by then within its hours")
 
-    cabinets = [order.cabinet_id] if order.cabinet_id else list(world.station_cabinets[order.station_id])
     target = eta - settings.margin
     earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes, after + 1)
 
@@ -862,7 +901,7 @@ def admit(
     # cheapest first; which stage a refusal reached is worked out after (the refusal's reason)
     reached_kitchen = False  # some candidate had a courier and a slot
     kitchen_failed_new = False
-    slots = _SlotPicker(state, cabinets, parcels, end, snug=explain)
+    slots = _SlotPicker(state, cabinets, facts.ranked, end, snug=explain)
     # no slot free from an arrival means none free from any earlier one (the slot time needed
     # only grows): arrivals at or before ``no_slot`` are not asked again
     no_slot = NEVER

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property, lru_cache
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -316,6 +316,8 @@ class World:
     _by_size: dict[tuple[str, str], list[tuple[int, list[SlotInfo]]]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # admission's facts about an order that do not depend on its eta (``admission.order_facts``)
+    facts: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def slots_by_size(self, cabinet_id: str, zone: str) -> list[tuple[int, list[SlotInfo]]]:
         """A cabinet's slots of one zone, grouped by size rank (smallest first), each group in label
