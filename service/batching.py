@@ -75,7 +75,12 @@ class Batcher(Generic[T]):
         self._queues.setdefault(key, []).append(Pending(item, fut))
         if key not in self._running:
             self._running[key] = asyncio.create_task(self._drain(key))
-        return await fut
+        try:
+            return await fut
+        finally:
+            # a failure's traceback holds this frame: were the frame to hold the future that holds
+            # the failure, every refused request would be a cycle left to the full collection
+            del fut
 
     def _take(self, key: str) -> list[Pending[T]]:
         queue = self._queues.get(key, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -29,6 +30,31 @@ async def test_requests_arriving_during_a_batch_go_together_in_the_next() -> Non
     gate.set()
     assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
     assert seen == [[1], [2, 3, 4]]
+
+
+async def test_a_failed_request_leaves_no_cycle_behind() -> None:
+    # the failure is raised in the caller's frames, which its traceback keeps: had submit's frame
+    # kept the future that keeps the failure, each refusal would wait for a full collection
+    async def handle(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
+        for p in batch:
+            p.fail(ValueError(f"no room for {p.item}"))
+        return []
+
+    b: Batcher[int] = Batcher(handle)
+    failed = 0
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(10):
+            try:
+                await b.submit("k", i)
+            except ValueError:
+                failed += 1
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert failed == 10
+    assert found == 0
 
 
 async def test_closing_answers_requests_still_waiting() -> None:
