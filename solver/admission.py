@@ -865,6 +865,14 @@ def admit(
         for r in there[bisect.bisect_left(arrives, earliest_arrive) : bisect.bisect_right(arrives, eta)]
         if not r.frozen and r.depart > now and len(r.orders) < k.run_capacity
     ]
+    if (
+        not explain
+        and not joinable
+        and next(ks.couriers.free_arrivals(eta, earliest_arrive, -1, travel), None) is None
+    ):
+        # a dry run with no run to join and no courier free for any arrival that could work
+        # (none before ``earliest_arrive`` can) needs no candidate asked about
+        return Rejection("no-capacity", "no courier and slot free together for that time")
     by_arrive: dict[int, list[Run]] = defaultdict(list)
     for r in joinable:
         by_arrive[r.arrive].append(r)  # in id order, as the list is

@@ -525,6 +525,33 @@ def test_a_dry_run_answers_as_admission_does_and_its_slots_are_free() -> None:
     assert check(w, state.plan, S) == []
 
 
+def test_a_dry_run_still_fits_when_only_a_late_arrival_or_a_run_to_join_is_left() -> None:
+    """A dry run gives up before asking about any candidate when there is no run to join and no
+    courier for any arrival up to eta; with the one courier out, a later arrival or a run to join
+    must still fit, as admission finds."""
+    w = world()  # the bakery has one courier; north is 10 minutes away, south 15
+    state = PlanState(w)
+    new_id = id_factory()
+    e = morning()[0][1].eta + 30
+    # the courier is out from e - 18 to e + 12 for a run arriving at south at e - 3
+    a = admit(w, state, OrderReq("a", "bakery", "south", e, {"croissant": 1}), e - 120, S, new_id)
+    assert isinstance(a, Insertion) and (a.run.depart, a.run.back) == (e - 18, e + 12)
+    state.apply(a)
+    # placed at e - 30, north by e + 23: no arrival up to its target (e + 20) has the courier,
+    # e + 22 and e + 23 do
+    b = OrderReq("b", "bakery", "north", e + 23, {"juice": 1})
+    real = admit(w, state, replace(b, items=dict(b.items)), e - 30, S, new_id)
+    assert isinstance(real, Insertion) and real.run.arrive == e + 22
+    assert isinstance(admit(w, state, b, e - 30, S, new_id, explain=False), Insertion)
+    # a run to north arriving at e + 22, and an order placed at e - 30 for north by e + 24: the
+    # courier is out for every arrival it could make, but the run has room
+    state.apply(real)
+    c = OrderReq("c", "bakery", "north", e + 24, {"juice": 1})
+    real = admit(w, state, replace(c, items=dict(c.items)), e - 30, S, new_id)
+    assert isinstance(real, Insertion) and not real.run_is_new and real.run.arrive == e + 22
+    assert isinstance(admit(w, state, c, e - 30, S, new_id, explain=False), Insertion)
+
+
 def test_a_later_eta_for_an_order_refused_for_courier_or_slot_tries_only_later_arrivals() -> None:
     """Suggesting a later eta to an order refused for want of a courier or a slot need not try the
     arrivals up to its eta again (``later_eta_from``): the answer is the one a full dry run gives."""
