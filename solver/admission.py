@@ -831,7 +831,8 @@ def admit(
 ) -> Insertion | Rejection:
     """Fit one order into the plan (first fit, see the module's doc). ``explain=False`` is for dry
     runs that only ask whether it fits: a refusal for capacity then says ``no-capacity`` without
-    working out which resource was short, and a fit's slots are free but not always the snuggest
+    working out which resource was short (and says it before asking about the kitchen's hours when
+    no courier or run is there at all), and a fit's slots are free but not always the snuggest
     (``_SlotPicker``'s ``snug``). Arrivals at or before ``after`` are not tried (a caller
     that knows they cannot work, see ``later_eta_from``)."""
     facts = order_facts(world, order)
@@ -841,19 +842,16 @@ def admit(
     ks = state.kitchens[k.id]
     eta = order.eta
     end = eta + settings.grace
-    fresh_lo = {sku: end - hold for sku, hold in facts.holds}
     pack_min, chain = facts.pack_min, facts.chain
 
-    # the food must be ready in (max fresh_lo, eta - travel]; some open window must allow it
+    # the food must be ready in (latest fresh_lo, eta - travel]; some open window must allow it
+    # (asked below, after a dry run's quick way out)
     ready_hi = eta - travel
     ready_lo = end - facts.min_hold
-    windows = k.windows(ready_lo - chain - pack_min - 24 * 60, ready_hi + 1)
     if now + chain + pack_min + travel > eta:  # cooking, packing and the ride take that long
         return Rejection("too-late", "not enough time left to cook and deliver by eta")
     if ready_lo > ready_hi:
         return Rejection("too-late", "the food would not stay fresh until eta plus grace")
-    if not any(w0 + chain + pack_min <= ready_hi and w1 >= ready_lo for w0, w1 in windows):
-        return Rejection("closed", f"{k.id} cannot have this ready by then within its hours")
 
     target = eta - settings.margin
     earliest_arrive = max(now + travel, ready_lo + travel, eta - settings.search_minutes, after + 1)
@@ -873,6 +871,10 @@ def admit(
         # a dry run with no run to join and no courier free for any arrival that could work
         # (none before ``earliest_arrive`` can) needs no candidate asked about
         return Rejection("no-capacity", "no courier and slot free together for that time")
+    windows = k.windows(ready_lo - chain - pack_min - 24 * 60, ready_hi + 1)
+    if not any(w0 + chain + pack_min <= ready_hi and w1 >= ready_lo for w0, w1 in windows):
+        return Rejection("closed", f"{k.id} cannot have this ready by then within its hours")
+    fresh_lo = {sku: end - hold for sku, hold in facts.holds}
     by_arrive: dict[int, list[Run]] = defaultdict(list)
     for r in joinable:
         by_arrive[r.arrive].append(r)  # in id order, as the list is
