@@ -290,7 +290,6 @@ async def problem_middleware(
         resp = await handler(request)
     except Problem as p:
         resp = problem_response(p, request)
-        p.__traceback__ = None  # its frames hold what holds it (a placement's future): a cycle otherwise
     except web.HTTPRequestEntityTooLarge:
         resp = problem_response(Problem(413, "too-large", "the request body is larger than allowed"), request)
     except web.HTTPException as exc:
@@ -322,7 +321,6 @@ async def problem_middleware(
                 Problem(500, "internal", "an unexpected error occurred; it has been logged"),
                 request,
             )
-        exc.__traceback__ = None  # answered (and logged): its frames may hold it too, as for ``Problem``
     resp.headers["X-Request-Id"] = rid
     return resp
 
