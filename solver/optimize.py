@@ -541,6 +541,9 @@ class Optimizer:
         # the time limit is for the whole call: what building the model took is taken off
         solver.parameters.max_time_in_seconds = max(0.05, seconds - (time.perf_counter() - t_start))
         solver.parameters.random_seed = self.seed
+        # CP-SAT would take over Ctrl-C while it solves and leave SIGINT's default action behind
+        # (the process dies at once: no shutdown, the embedded PostgreSQL left running)
+        solver.parameters.catch_sigint_signal = False
         if first_solution:
             # feasibility in a hurry: one worker without presolve finds it fastest here
             solver.parameters.num_workers = 1

@@ -235,6 +235,8 @@ def test_serve_demo_answers_places_an_order_and_leaves_no_postgres(tmp_path: Pat
             proc.kill()
             raise
     output = proc.stdout.read() if proc.stdout else ""
+    # a serve killed by the signal (rc -2) never stops its PostgreSQL: Ctrl-C must shut it down
+    assert proc.returncode == 0, f"serve ended with {proc.returncode} on Ctrl-C; it said:\n{output[-3000:]}"
     deadline = time.monotonic() + 10
     while _postgres_of(home) and time.monotonic() < deadline:
         time.sleep(0.2)

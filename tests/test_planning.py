@@ -185,3 +185,49 @@ def test_bound_is_an_upper_bound_on_confirmed() -> None:
     res = simulate(w, orders, cfg)
     assert sum(1 for o in res.outcomes if o.status == "confirmed") <= served_upper_bound(w, orders, S)
     assert morning()  # the tiny morning still parses with the shared helpers
+
+
+_SOLVE_THEN_CTRL_C = """
+import os, signal, sys, threading
+from solver.admission import Insertion, PlanState, admit, id_factory
+from solver.generate import as_sim_orders, generate
+from solver.model import NetworkSpec, OrderReq, Settings, World
+from solver.optimize import Optimizer
+
+net, rows = generate(orders=240, stations=4, kitchens=1, seed=5, tightness=2.0)
+w = World.from_spec(NetworkSpec.model_validate(net))
+state, new_id, opt = PlanState(w), id_factory(), Optimizer(w, Settings())
+ordered = sorted(as_sim_orders(rows), key=lambda o: o.placed_at)
+for so in ordered[:120]:
+    r = admit(w, state, OrderReq(so.id, so.kitchen_id, so.station_id, so.eta, dict(so.items)),
+              so.placed_at, Settings(), new_id)
+    if isinstance(r, Insertion):
+        state.apply(r)
+heard = []
+signal.signal(signal.SIGINT, lambda *_: heard.append("SIGINT"))
+reports = []
+# as the service does: the solve runs in a worker thread
+kid, now = next(iter(w.kitchens)), ordered[120].placed_at
+t = threading.Thread(target=lambda: reports.append(opt.reoptimize(state, kid, now, 1.0)))
+t.start()
+t.join()
+print("solved:", reports[0].status, flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+print("heard:", heard, flush=True)
+"""
+
+
+def test_ctrl_c_after_a_solve_still_reaches_the_program() -> None:
+    # CP-SAT catches SIGINT during a solve by default and leaves SIGINT's default action behind
+    # it, so a later Ctrl-C killed `exitbox serve` outright (no shutdown, PostgreSQL left running)
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _SOLVE_THEN_CTRL_C], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"rc {done.returncode}: {done.stdout}{done.stderr[-2000:]}"
+    solved = done.stdout.split("solved:", 1)[1].split()[0]
+    assert solved in ("OPTIMAL", "FEASIBLE"), done.stdout  # CP-SAT did run
+    assert "heard: ['SIGINT']" in done.stdout
