@@ -2,11 +2,13 @@
 go together in the next batch, so a burst of requests costs one transaction and one set of locks
 instead of one each. (Placements use a single key.)
 
-With a ``prepare`` stage the batches of a key form a two-stage pipeline: ``prepare`` does a batch's
-work in memory (no awaits) and returns the writing of it, or None to have ``handle`` do the batch
-the ordinary way. The next batch is prepared while the previous one is being written; writings run
-one after another, in order. A writing must itself check that what its batch was prepared on still
-holds (and redo the batch if not): the previous writing may not have succeeded.
+With a ``prepare`` stage the batches of a key form a pipeline: ``prepare`` does a batch's work in
+memory (no awaits) and returns the writing of it, or None to have ``handle`` do the batch the
+ordinary way (after every writing before it has ended). The next batch is prepared while the
+previous one is being written, and up to ``depth`` writings are at work at once, started in order:
+with a depth of 2 a writing can be waiting for the database's locks while the one before it
+stores and commits. A writing must itself check, under those locks, that what its batch was
+prepared on still holds (and redo the batch if not): a writing before it may not have succeeded.
 
 A request whose caller has gone away (its future cancelled) before its batch starts is dropped.
 """
@@ -59,10 +61,13 @@ Preparer = Callable[[str, list[Pending[T]]], "Writing[T] | None"]
 
 
 class Batcher(Generic[T]):
-    def __init__(self, handle: Handler[T], max_batch: int = 64, prepare: Preparer[T] | None = None) -> None:
+    def __init__(
+        self, handle: Handler[T], max_batch: int = 64, prepare: Preparer[T] | None = None, depth: int = 1
+    ) -> None:
         self._handle = handle
         self._prepare = prepare
         self.max_batch = max_batch
+        self.depth = depth  # prepared writings at work at once
         self._queues: dict[str, list[Pending[T]]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._later: set[asyncio.Task[None]] = set()
@@ -94,34 +99,46 @@ class Batcher(Generic[T]):
         return []
 
     async def _drain(self, key: str) -> None:
-        # the batch being written by its prepared writing: (task, its requests)
-        writing: tuple[asyncio.Task[list[Pending[T]]], list[Pending[T]]] | None = None
+        # prepared batches being written, oldest first: (task, its requests)
+        writings: list[tuple[asyncio.Task[list[Pending[T]]], list[Pending[T]]]] = []
+        ready: tuple[Writing[T], list[Pending[T]]] | None = None
         try:
             while True:
                 batch = self._take(key)
-                if not batch and writing is None:
-                    return
-                job = self._prepare(key, batch) if batch and self._prepare is not None else None
-                if writing is not None:
-                    await self._settle(key, *writing)
-                    writing = None
-                if job is not None:
-                    self.prepared += 1
-                    task = asyncio.create_task(job.run)
-                    writing = (task, batch)
-                    busy = asyncio.create_task(job.busy.wait())
-                    try:  # the next batch gathers until the database is at work on this one
-                        await asyncio.wait({task, busy}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        busy.cancel()
-                elif batch:
+                if not batch:
+                    if not writings:
+                        return
+                    await self._settle(key, *writings.pop(0))
+                    continue
+                job = self._prepare(key, batch) if self._prepare is not None else None
+                if job is None:  # the ordinary way: after every writing before it
+                    while writings:
+                        await self._settle(key, *writings.pop(0))
                     await self._settle(key, asyncio.ensure_future(self._handle(key, batch)), batch)
+                    continue
+                ready = (job, batch)  # prepared, not yet started: stopping now tells it too
+                while len(writings) >= self.depth:
+                    await self._settle(key, *writings.pop(0))
+                ready = None
+                self.prepared += 1
+                task = asyncio.create_task(job.run)
+                writings.append((task, batch))
+                busy = asyncio.create_task(job.busy.wait())
+                try:  # the next batch gathers until the database is at work on this one
+                    await asyncio.wait({task, busy}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    busy.cancel()
         finally:
-            if writing is not None:  # stopping: the writing in flight ends before the drain does
-                writing[0].cancel()
+            for task, _ in writings:  # stopping: the writings in flight end before the drain does
+                task.cancel()
+            for task, batch in writings:
                 with contextlib.suppress(BaseException):
-                    await writing[0]
-                for p in writing[1]:
+                    await task
+                for p in batch:
+                    p.fail(RuntimeError("the service is stopping"))
+            if ready is not None:
+                ready[0].run.close()
+                for p in ready[1]:
                     p.fail(RuntimeError("the service is stopping"))
             self._running.pop(key, None)
             if not self._queues.get(key):

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from service.batching import Batcher, Pending, Writing
+from service.batching import Batcher, Pending, Preparer, Writing
 
 
 async def test_requests_arriving_during_a_batch_go_together_in_the_next() -> None:
@@ -116,3 +116,66 @@ async def test_the_next_batch_is_prepared_while_the_previous_is_written_and_writ
         ("written", 3),
     ]
     assert b.prepared == 3
+
+
+def _writings(
+    log: list[tuple[str, int]], gates: dict[int, asyncio.Event], fails: frozenset[int] = frozenset()
+) -> Preparer[int]:
+    """A prepare whose writing of item i logs its start and end, waits for gates[i] if any (after
+    telling the batcher the database is at work on it), and fails for the items in ``fails``."""
+
+    def prepare(key: str, batch: list[Pending[int]]) -> Writing[int]:
+        item = batch[0].item
+        busy = asyncio.Event()
+
+        async def write() -> list[Pending[int]]:
+            log.append(("writing", item))
+            busy.set()
+            if item in gates:
+                await gates[item].wait()
+            if item in fails:
+                raise ConnectionError(f"lost the database writing {item}")
+            log.append(("written", item))
+            batch[0].resolve(item * 10)
+            return []
+
+        return Writing(write(), busy)
+
+    return prepare
+
+
+async def _never(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
+    raise AssertionError("every batch here is prepared")
+
+
+async def test_with_depth_two_a_writing_starts_while_the_one_before_is_at_work_and_no_third() -> None:
+    log: list[tuple[str, int]] = []
+    gates = {1: asyncio.Event()}
+    b: Batcher[int] = Batcher(_never, max_batch=1, prepare=_writings(log, gates, frozenset({1})), depth=2)
+    tasks = [asyncio.create_task(b.submit("k", i)) for i in (1, 2, 3)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # 2 was written beside 1, which is still at work; 3 waits for 1 to end (two at once at most)
+    assert log == [("writing", 1), ("writing", 2), ("written", 2)]
+    gates[1].set()
+    got = await asyncio.gather(*tasks, return_exceptions=True)
+    # the failed writing fails its own batch only
+    assert isinstance(got[0], ConnectionError) and got[1:] == [20, 30]
+    assert log[3:] == [("writing", 3), ("written", 3)]
+    assert b.prepared == 3
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+async def test_closing_tells_the_batches_at_work_the_one_prepared_and_those_waiting(depth: int) -> None:
+    log: list[tuple[str, int]] = []
+    gates = {1: asyncio.Event(), 2: asyncio.Event()}  # never set: writings stay at work
+    b: Batcher[int] = Batcher(_never, max_batch=1, prepare=_writings(log, gates), depth=depth)
+    tasks = [asyncio.create_task(b.submit("k", i)) for i in (1, 2, 3, 4)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # at work: the first ``depth``; prepared and waiting for room: the next one; then one queued
+    assert log == [("writing", i) for i in range(1, depth + 1)]
+    await b.close()
+    for task in tasks:
+        with pytest.raises(RuntimeError, match="stopping"):
+            await asyncio.wait_for(task, 2)
