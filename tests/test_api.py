@@ -929,3 +929,66 @@ async def test_a_pickup_code_live_at_the_cabinet_is_drawn_again_and_nothing_is_w
         await conn.close()
     assert dict(counts) == {"orders": 2, "events": 2, "seats": 2, "parcels": 2}
     await assert_plan_checks(tiny)
+
+
+async def test_a_prepared_batch_whose_predecessor_was_written_again_meanwhile_is_admitted_again(
+    demo: Client,
+) -> None:
+    """Two placement writings can be at work at once. Batch A is prepared, then B on top of A's
+    cached result; A is then written the ordinary way (as after a failed write: caches dropped,
+    admitted again from the database), under other ids but leaving the very versions B assumed,
+    while B, already past its first look at the caches, waits for its locks. B must not write what
+    it was prepared on (A's run and batch as they were never stored): it is admitted again."""
+    import asyncio
+
+    from service.api.keys import CTX
+    from service.auth import Principal
+    from service.batching import Pending
+    from service.ordering import PlaceRequest, _place_batch, _prepare_placements, _request_hash, lock_key
+    from service.schemas import PlaceOrder
+
+    ctx = demo.app[CTX]
+    eta = (demo.clock.now() + timedelta(minutes=120)).isoformat()
+    body = {"station_id": "s03", "kitchen_id": "k-dawn", "eta": eta, "items": [{"sku": "bun-pork", "qty": 1}]}
+    for i in range(2):  # warm caches: what follows is prepared on them
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"w{i}", json=body)
+        assert status == 201, resp
+    await asyncio.sleep(0.2)  # the placements' batcher is idle
+
+    def pending(subject: str, key: str | None) -> Pending[PlaceRequest]:
+        principal, order = Principal("commuter", subject, subject), PlaceOrder.model_validate(body)
+        digest = "" if key is None else _request_hash(principal, order)
+        req = PlaceRequest(principal, order, key, digest, {"bun-pork": 1})
+        return Pending(req, asyncio.get_running_loop().create_future())
+
+    a, b = pending("a", None), pending("b", "b-key")
+    job_a = _prepare_placements(ctx, "orders", [a])
+    job_b = _prepare_placements(ctx, "orders", [b])
+    assert job_a is not None and job_b is not None
+    job_a.run.close()  # A's prepared writing never happens
+    side = await demo.conn()
+    try:
+        # B's first lock is its Idempotency-Key's: held here, B waits having taken no other
+        await side.execute("begin")
+        await side.execute("select pg_advisory_xact_lock($1)", lock_key("idem:b:b-key"))
+        writing_b = asyncio.create_task(job_b.run)
+        await asyncio.sleep(0.2)
+        assert not writing_b.done()
+        ctx.plans.clear()  # as A's failed writing does before admitting it again
+        assert await _place_batch(ctx, "orders", [a]) == []
+        status, placed_a = a.future.result()
+        assert status == 201
+        await side.execute("commit")
+        assert await asyncio.wait_for(writing_b, 10) == []
+        status, placed_b = b.future.result()
+        assert status == 201, placed_b
+    finally:
+        await side.close()
+    await assert_plan_checks(demo)
+    conn = await demo.conn()
+    try:
+        ids = [placed_a["id"], placed_b["id"]]
+        seats = await conn.fetch("select order_id from run_orders where order_id = any($1::text[])", ids)
+    finally:
+        await conn.close()
+    assert len(seats) == 2  # both stored with a run that exists
