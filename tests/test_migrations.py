@@ -27,6 +27,9 @@ order by 1, 2
 """
 
 
+MIGRATIONS = ["0001_init.sql", "0002_slot_version.sql", "0003_slots_out_of_service.sql"]
+
+
 @pytest.fixture
 async def empty_db(pg_admin: str) -> str:
     name = "mig_empty"
@@ -42,7 +45,7 @@ async def empty_db(pg_admin: str) -> str:
 async def test_migrations_apply_to_empty_database_and_twice_change_nothing(empty_db: str) -> None:
     conn = await asyncpg.connect(empty_db)
     try:
-        assert await migrate(conn) == ["0001_init.sql", "0002_slot_version.sql"]
+        assert await migrate(conn) == MIGRATIONS
         before = await conn.fetch(SNAPSHOT)
         assert len(before) > 50
         assert await migrate(conn) == []
@@ -57,8 +60,8 @@ async def test_two_processes_migrating_at_once_apply_each_file_once(empty_db: st
     b = await asyncpg.connect(empty_db)
     try:
         ra, rb = await asyncio.gather(migrate(a), migrate(b))
-        assert sorted(ra + rb) == ["0001_init.sql", "0002_slot_version.sql"]
-        assert await a.fetchval("select count(*) from schema_migrations") == 2
+        assert sorted(ra + rb) == MIGRATIONS
+        assert await a.fetchval("select count(*) from schema_migrations") == len(MIGRATIONS)
     finally:
         await a.close()
         await b.close()
