@@ -827,28 +827,27 @@ async def _write_prepared(
     commit or rollback at the database, and what it reads under them tells which it was."""
     try:
         async with ctx.pool.acquire() as conn:
-            if ctx.plans.epoch == epoch:
-                async with locked_transaction(conn, *b.lock_names()):
-                    row = await _read_batch(conn, b)
-                    _, world = await ctx.worlds.get(conn, stamp_of(row))
-                    holds = (
-                        # asked again under the locks: a writing before this one may have dropped
-                        # the caches and written its batch again, the ordinary way, meanwhile; the
-                        # versions it left can be the very ones assumed here, on other plans
-                        ctx.plans.epoch == epoch
-                        and world is b.world
-                        and not row["idem"]
-                        and all(row["versions"].get(k) == v for k, v in versions.items())
-                        and all(row["slots"].get(s) == v for s, v in read.items())
-                    )
-                    if holds:
-                        busy.set()  # the next batch may be prepared while this one is stored
-                        b.refuse(ctx)
-                        got = await _store_placements(ctx, conn, b.placed, spec) if b.placed else {}
+            async with locked_transaction(conn, *b.lock_names()):
+                row = await _read_batch(conn, b)
+                _, world = await ctx.worlds.get(conn, stamp_of(row))
+                holds = (
+                    # asked under the locks: a writing before this one may have dropped the caches
+                    # and written its batch again, the ordinary way, meanwhile; the versions it
+                    # left can be the very ones assumed here, on other plans
+                    ctx.plans.epoch == epoch
+                    and world is b.world
+                    and not row["idem"]
+                    and all(row["versions"].get(k) == v for k, v in versions.items())
+                    and all(row["slots"].get(s) == v for s, v in read.items())
+                )
                 if holds:
-                    if got != written:  # written, but not as the caches assumed
-                        ctx.plans.clear()
-                    return b.answer(ctx)
+                    busy.set()  # the next batch may be prepared while this one is stored
+                    b.refuse(ctx)
+                    got = await _store_placements(ctx, conn, b.placed, spec) if b.placed else {}
+            if holds:
+                if got != written:  # written, but not as the caches assumed
+                    ctx.plans.clear()
+                return b.answer(ctx)
     except asyncpg.ExclusionViolationError:  # nothing was written
         log.warning("a prepared placement batch met a slot taken meanwhile; admitting it again")
     except BaseException:

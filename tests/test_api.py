@@ -937,7 +937,7 @@ async def test_a_prepared_batch_whose_predecessor_was_written_again_meanwhile_is
     """Two placement writings can be at work at once. Batch A is prepared, then B on top of A's
     cached result; A is then written the ordinary way (as after a failed write: caches dropped,
     admitted again from the database), under other ids but leaving the very versions B assumed,
-    while B, already past its first look at the caches, waits for its locks. B must not write what
+    while B, its writing already begun, waits for its locks. B must not write what
     it was prepared on (A's run and batch as they were never stored): it is admitted again."""
     import asyncio
 

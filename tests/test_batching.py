@@ -76,56 +76,16 @@ async def test_closing_answers_requests_still_waiting() -> None:
             await asyncio.wait_for(task, 2)
 
 
-async def test_the_next_batch_is_prepared_while_the_previous_is_written_and_writings_keep_order() -> None:
-    log: list[tuple[str, int]] = []
-    gate = asyncio.Event()
-
-    async def handle(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
-        raise AssertionError("every batch here is prepared")
+def _writings(
+    log: list[tuple[str, int]], gates: dict[int, asyncio.Event], fails: frozenset[int] = frozenset()
+) -> Preparer[int]:
+    """A prepare that logs each item it prepares, and whose writing of item i logs its start and
+    end, waits for gates[i] if any (after telling the batcher the database is at work on it), and
+    fails for the items in ``fails``."""
 
     def prepare(key: str, batch: list[Pending[int]]) -> Writing[int]:
         item = batch[0].item
         log.append(("prepared", item))
-        busy = asyncio.Event()
-
-        async def write() -> list[Pending[int]]:
-            log.append(("writing", item))
-            busy.set()
-            if item == 1:
-                await gate.wait()
-            log.append(("written", item))
-            batch[0].resolve(item * 10)
-            return []
-
-        return Writing(write(), busy)
-
-    b: Batcher[int] = Batcher(handle, max_batch=1, prepare=prepare)
-    tasks = [asyncio.create_task(b.submit("k", i)) for i in (1, 2, 3)]
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert log == [("prepared", 1), ("writing", 1), ("prepared", 2)]  # 2 ahead, 1 not yet written
-    gate.set()
-    assert await asyncio.gather(*tasks) == [10, 20, 30]
-    writes = [e for e in log if e[0] != "prepared"]
-    assert writes == [
-        ("writing", 1),
-        ("written", 1),
-        ("writing", 2),
-        ("written", 2),
-        ("writing", 3),
-        ("written", 3),
-    ]
-    assert b.prepared == 3
-
-
-def _writings(
-    log: list[tuple[str, int]], gates: dict[int, asyncio.Event], fails: frozenset[int] = frozenset()
-) -> Preparer[int]:
-    """A prepare whose writing of item i logs its start and end, waits for gates[i] if any (after
-    telling the batcher the database is at work on it), and fails for the items in ``fails``."""
-
-    def prepare(key: str, batch: list[Pending[int]]) -> Writing[int]:
-        item = batch[0].item
         busy = asyncio.Event()
 
         async def write() -> list[Pending[int]]:
@@ -148,6 +108,28 @@ async def _never(key: str, batch: list[Pending[int]]) -> list[Pending[int]]:
     raise AssertionError("every batch here is prepared")
 
 
+async def test_the_next_batch_is_prepared_while_the_previous_is_written_and_writings_keep_order() -> None:
+    log: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+    b: Batcher[int] = Batcher(_never, max_batch=1, prepare=_writings(log, {1: gate}))
+    tasks = [asyncio.create_task(b.submit("k", i)) for i in (1, 2, 3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert log == [("prepared", 1), ("writing", 1), ("prepared", 2)]  # 2 ahead, 1 not yet written
+    gate.set()
+    assert await asyncio.gather(*tasks) == [10, 20, 30]
+    writes = [e for e in log if e[0] != "prepared"]
+    assert writes == [
+        ("writing", 1),
+        ("written", 1),
+        ("writing", 2),
+        ("written", 2),
+        ("writing", 3),
+        ("written", 3),
+    ]
+    assert b.prepared == 3
+
+
 async def test_with_depth_two_a_writing_starts_while_the_one_before_is_at_work_and_no_third() -> None:
     log: list[tuple[str, int]] = []
     gates = {1: asyncio.Event()}
@@ -155,13 +137,21 @@ async def test_with_depth_two_a_writing_starts_while_the_one_before_is_at_work_a
     tasks = [asyncio.create_task(b.submit("k", i)) for i in (1, 2, 3)]
     for _ in range(10):
         await asyncio.sleep(0)
-    # 2 was written beside 1, which is still at work; 3 waits for 1 to end (two at once at most)
-    assert log == [("writing", 1), ("writing", 2), ("written", 2)]
+    # 2 was written beside 1, which is still at work; 3 is prepared and waits for 1 to end (two
+    # at once at most)
+    assert log == [
+        ("prepared", 1),
+        ("writing", 1),
+        ("prepared", 2),
+        ("writing", 2),
+        ("written", 2),
+        ("prepared", 3),
+    ]
     gates[1].set()
     got = await asyncio.gather(*tasks, return_exceptions=True)
     # the failed writing fails its own batch only
     assert isinstance(got[0], ConnectionError) and got[1:] == [20, 30]
-    assert log[3:] == [("writing", 3), ("written", 3)]
+    assert log[6:] == [("writing", 3), ("written", 3)]
     assert b.prepared == 3
 
 
@@ -174,7 +164,10 @@ async def test_closing_tells_the_batches_at_work_the_one_prepared_and_those_wait
     for _ in range(10):
         await asyncio.sleep(0)
     # at work: the first ``depth``; prepared and waiting for room: the next one; then one queued
-    assert log == [("writing", i) for i in range(1, depth + 1)]
+    assert log == [
+        *[e for i in range(1, depth + 1) for e in (("prepared", i), ("writing", i))],
+        ("prepared", depth + 1),
+    ]
     await b.close()
     for task in tasks:
         with pytest.raises(RuntimeError, match="stopping"):

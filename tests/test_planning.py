@@ -49,19 +49,23 @@ def test_repair_makes_room_by_moving_confirmed_work_and_keeps_every_rule() -> No
     assert check(w, state.plan, S) == []
 
 
-def test_reoptimize_never_commits_a_worse_or_broken_plan() -> None:
-    w, orders = small_city(seed=5)
+def half_admitted(seed: int = 5) -> tuple[World, PlanState, Optimizer, str, int]:
+    """A small city's first half of orders (by placing time) admitted first fit: its world, plan
+    state and optimizer, its kitchen, and the minute the second half begins."""
+    w, orders = small_city(seed=seed)
     state = PlanState(w)
     new_id = id_factory()
-    opt = Optimizer(w, S)
     ordered = sorted(orders, key=lambda o: o.placed_at)
     for so in ordered[: len(ordered) // 2]:
         o = OrderReq(so.id, so.kitchen_id, so.station_id, so.eta, dict(so.items))
         r = admit(w, state, o, so.placed_at, S, new_id)
         if isinstance(r, Insertion):
             state.apply(r)
-    now = ordered[len(ordered) // 2].placed_at
-    kid = next(iter(w.kitchens))
+    return w, state, Optimizer(w, S), next(iter(w.kitchens)), ordered[len(ordered) // 2].placed_at
+
+
+def test_reoptimize_never_commits_a_worse_or_broken_plan() -> None:
+    w, state, opt, kid, now = half_admitted()
     ids = opt.movable(state, kid, now, now, now + 150, 300)
     before = opt.objective_of(state, ids, now) if len(ids) >= 2 else None
     confirmed = set(state.plan.orders)
@@ -188,26 +192,14 @@ def test_bound_is_an_upper_bound_on_confirmed() -> None:
 
 
 _SOLVE_THEN_CTRL_C = """
-import os, signal, sys, threading
-from solver.admission import Insertion, PlanState, admit, id_factory
-from solver.generate import as_sim_orders, generate
-from solver.model import NetworkSpec, OrderReq, Settings, World
-from solver.optimize import Optimizer
+import os, signal, threading
+from tests.test_planning import half_admitted
 
-net, rows = generate(orders=240, stations=4, kitchens=1, seed=5, tightness=2.0)
-w = World.from_spec(NetworkSpec.model_validate(net))
-state, new_id, opt = PlanState(w), id_factory(), Optimizer(w, Settings())
-ordered = sorted(as_sim_orders(rows), key=lambda o: o.placed_at)
-for so in ordered[:120]:
-    r = admit(w, state, OrderReq(so.id, so.kitchen_id, so.station_id, so.eta, dict(so.items)),
-              so.placed_at, Settings(), new_id)
-    if isinstance(r, Insertion):
-        state.apply(r)
+w, state, opt, kid, now = half_admitted()
 heard = []
 signal.signal(signal.SIGINT, lambda *_: heard.append("SIGINT"))
 reports = []
 # as the service does: the solve runs in a worker thread
-kid, now = next(iter(w.kitchens)), ordered[120].placed_at
 t = threading.Thread(target=lambda: reports.append(opt.reoptimize(state, kid, now, 1.0)))
 t.start()
 t.join()
