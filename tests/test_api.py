@@ -931,6 +931,35 @@ async def test_a_pickup_code_live_at_the_cabinet_is_drawn_again_and_nothing_is_w
     await assert_plan_checks(tiny)
 
 
+async def warm_placements(demo: Client) -> dict[str, Any]:
+    """Two placements at s03 from k-dawn, so that what follows is prepared on the cached plans;
+    returns their body, for more of the same. The placements' batcher is idle after."""
+    import asyncio
+
+    eta = (demo.clock.now() + timedelta(minutes=120)).isoformat()
+    body = {"station_id": "s03", "kitchen_id": "k-dawn", "eta": eta, "items": [{"sku": "bun-pork", "qty": 1}]}
+    for i in range(2):
+        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"w{i}", json=body)
+        assert status == 201, resp
+    await asyncio.sleep(0.2)
+    return body
+
+
+def pending(body: dict[str, Any], subject: str, key: str | None) -> Any:
+    """A placement request of ``subject`` as the placements' batcher holds it (``Pending``)."""
+    import asyncio
+
+    from service.auth import Principal
+    from service.batching import Pending
+    from service.ordering import PlaceRequest, _request_hash
+    from service.schemas import PlaceOrder
+
+    principal, order = Principal("commuter", subject, subject), PlaceOrder.model_validate(body)
+    digest = "" if key is None else _request_hash(principal, order)
+    req = PlaceRequest(principal, order, key, digest, {i["sku"]: i["qty"] for i in body["items"]})
+    return Pending(req, asyncio.get_running_loop().create_future())
+
+
 async def test_a_prepared_batch_whose_predecessor_was_written_again_meanwhile_is_admitted_again(
     demo: Client,
 ) -> None:
@@ -942,26 +971,11 @@ async def test_a_prepared_batch_whose_predecessor_was_written_again_meanwhile_is
     import asyncio
 
     from service.api.keys import CTX
-    from service.auth import Principal
-    from service.batching import Pending
-    from service.ordering import PlaceRequest, _place_batch, _prepare_placements, _request_hash, lock_key
-    from service.schemas import PlaceOrder
+    from service.ordering import _place_batch, _prepare_placements, lock_key
 
     ctx = demo.app[CTX]
-    eta = (demo.clock.now() + timedelta(minutes=120)).isoformat()
-    body = {"station_id": "s03", "kitchen_id": "k-dawn", "eta": eta, "items": [{"sku": "bun-pork", "qty": 1}]}
-    for i in range(2):  # warm caches: what follows is prepared on them
-        status, resp, _ = await demo.call("POST", "/v1/orders", role="commuter", scope=f"w{i}", json=body)
-        assert status == 201, resp
-    await asyncio.sleep(0.2)  # the placements' batcher is idle
-
-    def pending(subject: str, key: str | None) -> Pending[PlaceRequest]:
-        principal, order = Principal("commuter", subject, subject), PlaceOrder.model_validate(body)
-        digest = "" if key is None else _request_hash(principal, order)
-        req = PlaceRequest(principal, order, key, digest, {"bun-pork": 1})
-        return Pending(req, asyncio.get_running_loop().create_future())
-
-    a, b = pending("a", None), pending("b", "b-key")
+    body = await warm_placements(demo)
+    a, b = pending(body, "a", None), pending(body, "b", "b-key")
     job_a = _prepare_placements(ctx, "orders", [a])
     job_b = _prepare_placements(ctx, "orders", [b])
     assert job_a is not None and job_b is not None
@@ -992,3 +1006,70 @@ async def test_a_prepared_batch_whose_predecessor_was_written_again_meanwhile_is
     finally:
         await conn.close()
     assert len(seats) == 2  # both stored with a run that exists
+
+
+async def test_a_prepared_batch_whose_slot_was_taken_out_of_service_meanwhile_is_admitted_again(
+    demo: Client,
+) -> None:
+    """Taking an empty slot out of service moves no plan or slot version, only the network stamp:
+    the store of a batch prepared before it sees that and writes nothing, and the batch is admitted
+    again on the network as it now is, into another slot."""
+    from service.api.keys import CTX
+    from service.ordering import _prepare_placements
+
+    ctx = demo.app[CTX]
+    body = await warm_placements(demo)
+    p = pending(body, "d", None)
+    job = _prepare_placements(ctx, "orders", [p])
+    assert job is not None
+    rv = ctx.plans.slots["s03"].rvs[-1]  # the slot time the prepared batch took
+    status, resp, _ = await demo.call(
+        "POST", f"/v1/slots/{rv.cabinet_id}/{rv.slot}/disable", role="operator", scope="s03"
+    )
+    assert status == 200 and resp["affected"] == [], resp  # nothing stored there yet
+    dropped = ctx.plans.epoch
+    assert await job.run == []
+    status, placed = p.future.result()
+    assert status == 201, placed
+    assert ctx.plans.epoch > dropped  # admitted again
+    status, order, _ = await demo.call("GET", f"/v1/orders/{placed['id']}", role="commuter", scope="d")
+    assert status == 200 and rv.slot not in order["slots"], order
+    await assert_plan_checks(demo)
+
+
+async def test_a_prepared_batch_whose_idempotency_key_another_instance_took_meanwhile_is_refused(
+    demo: Client,
+) -> None:
+    """Another instance stored a different request under the same Idempotency-Key while this one's
+    batch was prepared, at another kitchen and station (no version this batch assumed moved): the
+    batch writes nothing and the request is refused as a reused key, not stored as a second order."""
+    from service.api.keys import CTX
+    from service.auth import Principal
+    from service.http import Problem
+    from service.ordering import Ctx, _prepare_placements, place
+    from service.schemas import PlaceOrder
+
+    ctx = demo.app[CTX]
+    other = Ctx(ctx.pool, ctx.settings, ctx.secret, ctx.clock)  # a second instance: its own caches
+    body = await warm_placements(demo)
+    p = pending(body, "k", "twice")
+    job = _prepare_placements(ctx, "orders", [p])
+    assert job is not None
+    there = {**body, "station_id": "s05", "kitchen_id": "k-oven", "items": [{"sku": "croissant", "qty": 1}]}
+    try:
+        status, _ = await place(
+            other, Principal("commuter", "k", "k"), PlaceOrder.model_validate(there), "twice"
+        )
+    finally:
+        await other.placements.close()
+    assert status == 201
+    assert await job.run == []
+    with pytest.raises(Problem) as refused:
+        p.future.result()
+    assert refused.value.status == 422 and refused.value.slug == "idempotency-key-reused"
+    conn = await demo.conn()
+    try:
+        assert await conn.fetchval("select count(*) from orders where commuter_id = 'k'") == 1
+    finally:
+        await conn.close()
+    await assert_plan_checks(demo)
