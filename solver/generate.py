@@ -63,6 +63,7 @@ MENU_POOL: list[tuple[str, str, int, str, str, int, list[tuple[str, int, int]]]]
     ("sourdough", "Sourdough loaf", 700, "ambient", "L", 480, [("oven", 35, 12)]),
     ("granola", "Granola bag", 400, "ambient", "S", 600, [("counter", 1, 10)]),
 ]
+RUN_CAPACITY = 12
 KITCHEN_NAMES = [
     "Dawn Buns",
     "Stone Oven",
@@ -163,6 +164,11 @@ def generate(
         st_orders[sid] += 1
     gen.sort(key=lambda o: (o.placed_at, o.order_id))
 
+    # each kitchen's orders per station, by eta minute (couriers are sized from the busiest hour)
+    k_st_etas: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for o in gen:
+        k_st_etas[(o.kitchen_id, o.station_id)].append(int((o.eta - base).total_seconds() // 60))
+
     # capacity sized to the peak hour (about 35% of the morning). Per-order work (packing) and
     # one-at-a-time steps get room for the peak; batched equipment (steamers, ovens) is sized for
     # half-full batches divided by ``tightness``: that is where planning pays.
@@ -187,11 +193,13 @@ def generate(
             caps[res] = caps.get(res, 0) + max(1, round(val / tightness))
         resources = [{"id": r, "capacity": c} for r, c in sorted(caps.items())]
         travel = {s: rng.randint(2, 7) for s in served}
-        # couriers and cabinets are sized for the peak (a run every 8 minutes to each station);
-        # tightness squeezes the kitchens, where planning has the most room to do better
-        runs_per_hour = 7.5 * len(served)
-        avg_travel = sum(travel.values()) / len(travel)
-        couriers = max(1, round(runs_per_hour * 2 * avg_travel / 60))
+        # couriers and cabinets are sized for the peak: to each station a run every 8 minutes, or
+        # more where the busiest hour's orders fill runs past half their capacity; tightness
+        # squeezes the kitchens, where planning has the most room to do better
+        courier_minutes = sum(
+            max(7.5, _busiest(k_st_etas[(kid, s)], 60) / (RUN_CAPACITY / 2)) * 2 * travel[s] for s in served
+        )
+        couriers = max(1, round(courier_minutes / 60))
         kitchens_doc.append(
             {
                 "id": kid,
@@ -201,7 +209,7 @@ def generate(
                 "resources": resources,
                 "pack": {"resource": "pack", "minutes": 1},
                 "couriers": couriers,
-                "run_capacity": 12,
+                "run_capacity": RUN_CAPACITY,
                 "stations": travel,
                 "menu": [
                     {
@@ -226,18 +234,9 @@ def generate(
         for z in {zone_of[s] for s in o.items}:
             etas[(o.station_id, z)].append(minute)
 
-    def busiest(sid: str, zone: str) -> int:
-        xs = sorted(etas[(sid, zone)])
-        best, j = 0, 0
-        for i, x in enumerate(xs):
-            while xs[j] < x - 14:
-                j += 1
-            best = max(best, i - j + 1)
-        return best
-
     stations_doc = []
     for sid, nm in zip(st_ids, names, strict=True):
-        hot, chilled, ambient = (max(1, busiest(sid, z)) for z in ("hot", "chilled", "ambient"))
+        hot, chilled, ambient = (max(1, _busiest(etas[(sid, z)], 15)) for z in ("hot", "chilled", "ambient"))
         stations_doc.append(
             {
                 "id": sid,
@@ -263,6 +262,17 @@ def generate(
         "kitchens": kitchens_doc,
     }
     return network, gen
+
+
+def _busiest(minutes: list[int], span: int) -> int:
+    """The most of these minutes inside any ``span`` minutes."""
+    xs = sorted(minutes)
+    best, j = 0, 0
+    for i, x in enumerate(xs):
+        while xs[j] < x - (span - 1):
+            j += 1
+        best = max(best, i - j + 1)
+    return best
 
 
 def as_sim_orders(rows: list[GenOrder]) -> list[SimOrder]:

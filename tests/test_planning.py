@@ -105,6 +105,22 @@ def test_optimized_serves_at_least_as_many_as_greedy_on_a_tight_morning() -> Non
     assert results["optimized"]["on_time_rate"] >= results["greedy"]["on_time_rate"]
 
 
+def test_a_generated_morning_below_tightness_one_has_couriers_for_its_peak() -> None:
+    """``tightness`` squeezes the kitchens; couriers are sized for the peak whatever the morning's
+    size. With a thousand orders a kitchen (as bench/planning.py makes for 5,000 orders), couriers
+    sized from the number of stations alone turned away one order in seven at tightness 0.5."""
+    net, rows = generate(orders=5000, stations=20, kitchens=5, seed=1, tightness=0.5)
+    w = World.from_spec(NetworkSpec.model_validate(net))
+    cfg = SimConfig(policy="greedy")
+    res = simulate(w, as_sim_orders(rows), cfg)
+    assert res.violations == []
+    rep = report(w, res, cfg, None)
+    assert rep["rejected_by_reason"].get("no-courier-capacity", 0) < 0.01 * len(rows), rep[
+        "rejected_by_reason"
+    ]
+    assert rep["confirmed"] > 0.9 * len(rows)
+
+
 def test_simulate_cli_writes_every_spec_file(tmp_path: Path) -> None:
     from .test_cli import run
 
