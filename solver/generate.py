@@ -164,10 +164,16 @@ def generate(
         st_orders[sid] += 1
     gen.sort(key=lambda o: (o.placed_at, o.order_id))
 
-    # each kitchen's orders per station, by eta minute (couriers are sized from the busiest hour)
+    # eta minutes of each kitchen's orders per station (couriers are sized from the busiest hour)
+    # and of the parcels per station and zone (cabinets: from the busiest quarter hour)
+    zone_of = {m[0]: m[3] for m in MENU_POOL}
     k_st_etas: dict[tuple[str, str], list[int]] = defaultdict(list)
+    etas: dict[tuple[str, str], list[int]] = defaultdict(list)
     for o in gen:
-        k_st_etas[(o.kitchen_id, o.station_id)].append(int((o.eta - base).total_seconds() // 60))
+        minute = int((o.eta - base).total_seconds() // 60)
+        k_st_etas[(o.kitchen_id, o.station_id)].append(minute)
+        for z in {zone_of[s] for s in o.items}:
+            etas[(o.station_id, z)].append(minute)
 
     # capacity sized to the peak hour (about 35% of the morning). Per-order work (packing) and
     # one-at-a-time steps get room for the peak; batched equipment (steamers, ovens) is sized for
@@ -227,13 +233,6 @@ def generate(
         )
     # cabinets: enough slots for the busiest quarter hour of each station (parcels held from a
     # few minutes before eta to eta plus the grace)
-    zone_of = {m[0]: m[3] for m in MENU_POOL}
-    etas: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for o in gen:
-        minute = int((o.eta - base).total_seconds() // 60)
-        for z in {zone_of[s] for s in o.items}:
-            etas[(o.station_id, z)].append(minute)
-
     stations_doc = []
     for sid, nm in zip(st_ids, names, strict=True):
         hot, chilled, ambient = (max(1, _busiest(etas[(sid, z)], 15)) for z in ("hot", "chilled", "ambient"))
