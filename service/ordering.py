@@ -423,8 +423,8 @@ class Ctx:
             lambda key, batch: _place_batch(self, key, batch),
             prepare=lambda key, batch: _prepare_placements(self, key, batch),
             # a batch's locks queue at the database behind the batch before it, instead of being
-            # asked for after that one's commit (bench/load.py: 54-58% of the floor -> 63-68%;
-            # a depth of 3 made smaller batches and measured 50-54%)
+            # asked for after that one's commit (a depth of 3 made smaller batches and measured
+            # worse; the figures are in the commit that set this)
             depth=2,
         )
 

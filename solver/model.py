@@ -17,10 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property, lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from .admission import OrderFacts, Rejection
 
 Zone = Literal["hot", "chilled", "ambient"]
 Size = Literal["S", "M", "L"]
@@ -317,7 +320,9 @@ class World:
         default_factory=dict, repr=False, compare=False
     )
     # admission's facts about an order that do not depend on its eta (``admission.order_facts``)
-    facts: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+    facts: dict[tuple[Any, ...], OrderFacts | Rejection] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def slots_by_size(self, cabinet_id: str, zone: str) -> list[tuple[int, list[SlotInfo]]]:
         """A cabinet's slots of one zone, grouped by size rank (smallest first), each group in label

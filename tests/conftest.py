@@ -3,10 +3,11 @@ for every test, and the service on a real localhost port with a clock the test m
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,15 @@ async def tiny(db_url: str) -> AsyncIterator[Client]:
 async def demo(db_url: str) -> AsyncIterator[Client]:
     async for c in make_client(db_url, demo_network(), DEMO_MORNING):
         yield c
+
+
+async def cycles_left_by(work: Callable[[], Awaitable[None]]) -> int:
+    """How many objects in reference cycles ``work`` leaves for the full collection to free (the
+    collector is off while it runs, and what was there before is collected first)."""
+    gc.collect()
+    gc.disable()
+    try:
+        await work()
+        return gc.collect()
+    finally:
+        gc.enable()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from datetime import timedelta
 from typing import Any
@@ -14,7 +13,7 @@ from service.ordering import WorldCache
 from solver.check import check
 from solver.model import Settings as PlannerSettings
 
-from .conftest import TINY_MORNING, Client
+from .conftest import TINY_MORNING, Client, cycles_left_by
 
 ETA = (TINY_MORNING + timedelta(hours=1, minutes=30)).isoformat()  # 07:30 Berlin
 
@@ -230,14 +229,12 @@ async def test_answered_problems_leave_no_garbage_for_the_cycle_collector(tiny: 
         assert status == 422
 
     await problems("c")  # caches and first-use objects
-    gc.collect()
-    gc.disable()
-    try:
+
+    async def many() -> None:
         for i in range(20):
             await problems(f"c{i}")
-        found = gc.collect()
-    finally:
-        gc.enable()
+
+    found = await cycles_left_by(many)
     assert found < 20, f"{found} objects in cycles after 60 answered problems"
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 
 from service.batching import Batcher, Pending, Preparer, Writing
+
+from .conftest import cycles_left_by
 
 
 async def test_requests_arriving_during_a_batch_go_together_in_the_next() -> None:
@@ -42,17 +43,16 @@ async def test_a_failed_request_leaves_no_cycle_behind() -> None:
 
     b: Batcher[int] = Batcher(handle)
     failed = 0
-    gc.collect()
-    gc.disable()
-    try:
+
+    async def refusals() -> None:
+        nonlocal failed
         for i in range(10):
             try:
                 await b.submit("k", i)
             except ValueError:
                 failed += 1
-        found = gc.collect()
-    finally:
-        gc.enable()
+
+    found = await cycles_left_by(refusals)
     assert failed == 10
     assert found == 0
 
