@@ -22,7 +22,7 @@ from solver.consolidate import make_room
 from solver.model import from_minute, to_minute_ceil
 from solver.optimize import Optimizer, ReoptReport
 
-from .ordering import Ctx, emit, lock, lock_key
+from .ordering import Ctx, emit, lock, lock_key, new_id
 
 log = logging.getLogger("exitbox.planner")
 
@@ -56,7 +56,7 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
         version = await conn.fetchval("select plan_version from kitchens where id = $1", kitchen_id)
         state = await load_kitchen_plan(conn, world, kitchen_id, now)
     now_m = to_minute_ceil(now)
-    opt = Optimizer(world, ctx.planner)
+    opt = Optimizer(world, ctx.planner, new_id=new_id)  # ids unique across kitchens and re-plans
     ids = opt.movable(state, kitchen_id, now_m, now_m, now_m + 6 * 60, 300)
     if len(ids) < 2:
         return Outcome(kitchen_id, "nothing", len(ids), time.perf_counter() - t0)

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ortools.sat.python import cp_model
 
-from .admission import PlanState
+from .admission import PlanState, id_factory
 from .check import check
 from .model import SIZE_RANK, KitchenView, OrderReq, Plan, Reservation, Run, Settings, Task, World, parcels_of
 
@@ -92,16 +93,24 @@ def _window(k: KitchenView, minute: int) -> tuple[int, int]:
 
 
 class Optimizer:
-    def __init__(self, world: World, settings: Settings, seed: int = 0, workers: int = 2) -> None:
+    """``new_id`` names the runs and tasks a re-plan or repair makes. The default numbers them per
+    optimizer, which is enough for one plan held in memory (the simulator's); a service that makes
+    an optimizer per re-plan and stores every kitchen's plan in one database must pass ids unique
+    across all of them."""
+
+    def __init__(
+        self,
+        world: World,
+        settings: Settings,
+        seed: int = 0,
+        workers: int = 2,
+        new_id: Callable[[str], str] | None = None,
+    ) -> None:
         self.world = world
         self.settings = settings
         self.seed = seed
         self.workers = workers
-        self._ids = 0
-
-    def _new_id(self, kind: str) -> str:
-        self._ids += 1
-        return f"{kind}x{self._ids:06d}"
+        self._new_id = new_id or id_factory("x")
 
     # ------------------------------------------------------------------ partition
 

@@ -15,14 +15,16 @@ from solver.model import Settings as PlannerSettings
 from .conftest import DEMO_MORNING, Client
 
 
-async def _place(c: Client, who: str, station: str, minutes: int, sku: str = "soy-milk") -> dict:
+async def _place(
+    c: Client, who: str, station: str, minutes: int, sku: str = "soy-milk", kitchen: str = "k-dawn"
+) -> dict:
     eta = (DEMO_MORNING + timedelta(minutes=minutes)).isoformat()
     status, body, _ = await c.call(
         "POST",
         "/v1/orders",
         role="commuter",
         scope=who,
-        json={"station_id": station, "kitchen_id": "k-dawn", "eta": eta, "items": [{"sku": sku, "qty": 1}]},
+        json={"station_id": station, "kitchen_id": kitchen, "eta": eta, "items": [{"sku": sku, "qty": 1}]},
     )
     assert status == 201, body
     return body
@@ -64,6 +66,43 @@ async def test_planner_merges_runs_and_commits_a_checked_plan(demo: Client) -> N
     # nothing left to gain: the next round changes nothing
     again = await replan_kitchen(ctx, "k-dawn", 2.0)
     assert again.result in ("no-better", "nothing")
+
+
+async def test_re_plans_of_two_kitchens_make_runs_of_their_own(demo: Client) -> None:
+    """Each re-plan makes a new optimizer. Runs it makes must not take the id of a run stored for
+    another kitchen: the orders would be written onto that run, to its station, at its time."""
+    ctx = demo.app[CTX]
+    mine: dict[str, set[str]] = {}
+    # each pair ends up on a run leaving at a minute neither had before: a new run, a new id
+    for kitchen, station, sku, eta in (("k-oven", "s05", "yogurt", 120), ("k-dawn", "s03", "soy-milk", 121)):
+        pair = [await _place(demo, who, station, m, sku, kitchen) for who, m in (("a", eta), ("b", eta + 12))]
+        before = {r["id"] for r in await _runs_of(demo, kitchen)}
+        out = await replan_kitchen(ctx, kitchen, 2.0)
+        assert out.result == "committed", out
+        runs = await _runs_of(demo, kitchen)
+        assert len(runs) == 1 and runs[0]["id"] not in before, runs
+        mine[kitchen] = {p["id"] for p in pair}
+    conn = await demo.conn()
+    try:
+        for kitchen, orders in mine.items():
+            assert {o for r in await _runs_of(demo, kitchen) for o in r["orders"]} == orders
+        _, world = await WorldCache().get(conn)
+        plan = await load_plan(conn, world, sorted(mine))
+        assert check(world, plan, PlannerSettings()) == []
+    finally:
+        await conn.close()
+
+
+async def _runs_of(c: Client, kitchen: str) -> list:
+    conn = await c.conn()
+    try:
+        return await conn.fetch(
+            """select r.id, array_agg(o.order_id) as orders from runs r
+                 join run_orders o on o.run_id = r.id where r.kitchen_id = $1 group by r.id""",
+            kitchen,
+        )
+    finally:
+        await conn.close()
 
 
 async def test_planner_does_not_commit_on_stale_data(demo: Client, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -410,14 +410,18 @@ async def write_replan(
     existing = {
         r["id"]
         for r in await conn.fetch(
-            "select id from tasks where id = any($1::text[])",
+            "select id from tasks where id = any($1::text[]) and kitchen_id = $2",
             sorted({t for oid in moved for t in state.tasks_of.get(oid, set())}),
+            kitchen_id,
         )
     }
     touched = sorted({t for oid in moved for t in state.tasks_of.get(oid, set())})
     runs = {state.run_of[oid] for oid in moved}
     have_runs = {
-        r["id"] for r in await conn.fetch("select id from runs where id = any($1::text[])", sorted(runs))
+        r["id"]
+        for r in await conn.fetch(
+            "select id from runs where id = any($1::text[]) and kitchen_id = $2", sorted(runs), kitchen_id
+        )
     }
     parcels, ready_rows = [], []
     for oid in moved:
