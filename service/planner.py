@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from db.queries.plans import load_kitchen_plan, write_replan
 from solver.check import check
-from solver.consolidate import make_room
+from solver.consolidate import make_room, settle_late
 from solver.model import from_minute, to_minute_ceil
 from solver.optimize import Optimizer, ReoptReport
 
@@ -64,11 +64,16 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
 
     def solve() -> tuple[int, ReoptReport]:
         # merge batches and use idle equipment time now (fast, frees time at the rush for orders
-        # yet to come), then CP-SAT over what is left
+        # yet to come), then CP-SAT over what is left; last, runs about to leave are settled (after
+        # CP-SAT, which would join them again to keep couriers for orders yet to come)
         changed = sum(make_room(state, kitchen_id, now_m, ctx.planner, only=set(ids)))
         if changed and check(world, state.plan, ctx.planner, partial=True):
             raise RuntimeError("making room broke a rule")  # never expected; the plan stays
-        return changed, opt.reoptimize(state, kitchen_id, now_m, seconds, 6 * 60, 300)
+        rep = opt.reoptimize(state, kitchen_id, now_m, seconds, 6 * 60, 300)
+        settled = settle_late(state, kitchen_id, now_m, ctx.planner, new_id, only=set(ids))
+        if settled and check(world, state.plan, ctx.planner, partial=True):
+            raise RuntimeError("settling runs broke a rule")
+        return changed + settled, rep
 
     try:
         changed, rep = await asyncio.to_thread(solve)

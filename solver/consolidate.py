@@ -9,6 +9,11 @@ cannot start before they are placed). It moves prep work only: packing, runs and
 times, so no deposit and no hold changes; food moved earlier keeps ``Settings.keep_fresh`` minutes
 past the end of its slot time for commuters who come late.
 
+``settle_late`` works the other way, on runs about to leave: a parcel that would wait in its
+slot longer than the deposit margin asks goes on a later run, when a courier is free for it then, and
+its packing follows. Near departure the couriers' time is known; earlier, it is kept for orders
+yet to come (a run joined early saves a courier, which is what admission and CP-SAT prefer).
+
 Only work that has not started moves. An order's units move only to a batch that ends before the
 order's next step (or its packing, or its run) starts, starts after its previous step ends, and
 ends late enough that the parcel stays fresh until its slot time ends; so every rule of SPEC
@@ -19,8 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .admission import PlanState, earliest_fit
-from .model import Settings, Task
+from .admission import PlanState, earliest_fit, latest_fit
+from .model import Run, Settings, Task
+
+SETTLE_WITHIN = 30  # minutes: runs leaving within this long are settled
 
 
 def consolidate(
@@ -151,3 +158,126 @@ def make_room(
     """Both passes, in order: (batches emptied by consolidation, batches moved earlier)."""
     merged = consolidate(state, kitchen_id, now, settings, only=only)
     return merged, shift_earlier(state, kitchen_id, now, settings, only=only)
+
+
+def settle_late(
+    state: PlanState,
+    kitchen_id: str,
+    now: int,
+    settings: Settings,
+    new_id: Callable[[str], str],
+    within: int = SETTLE_WITHIN,
+    only: set[str] | None = None,
+) -> int:
+    """Shorten the hold of orders on runs leaving within ``within`` minutes: a run leaves later when
+    every order it carries allows it (deposits by ``eta - margin``) and a courier is free then; an
+    order that could arrive later than its run goes on a later run (one that has room, or a new one
+    when a courier is free), its packing as late as that allows; and every such order's packing is
+    done as late as its run's departure allows. An order moves to a later run only when its
+    packing can move later with it (otherwise its hold would not change and the courier is better
+    kept). Nothing started or frozen moves; with ``only``, only those orders' work. Returns how
+    many orders got a later deposit or packing."""
+    ks = state.kitchens[kitchen_id]
+    k = ks.view
+    plan = state.plan
+    if k.pack is None:
+        return 0  # without packing an order is ready when its items are: a later run gains nothing
+
+    def pack_of(oid: str) -> Task | None:
+        """The order's packing, if it and its slot time may move."""
+        if only is not None and oid not in only:
+            return None
+        if any(rv.frozen or rv.start <= now for rv in state.res_by_order.get(oid, ())):
+            return None
+        for tid in state.tasks_of.get(oid, ()):
+            t = plan.tasks[tid]
+            if t.kind == "pack":
+                return None if t.frozen or t.start <= now else t
+        return None
+
+    def latest_pack(t: Task, end_by: int) -> int | None:
+        """The latest start of packing ``t`` ending by ``end_by``, if later than it is now."""
+        usage = ks.usage[t.resource]
+        usage.add(t.start, t.end, -1)
+        s = latest_fit(
+            usage, None, k.capacity[t.resource], t.end - t.start, t.start, end_by, k.windows(t.start, end_by)
+        )
+        usage.add(t.start, t.end)
+        return s if s is not None and s > t.start else None
+
+    def deposit_at(oid: str, arrive: int) -> None:
+        for rv in state.res_by_order[oid]:
+            book = state.slot_busy[(rv.cabinet_id, rv.slot)]
+            book.remove(rv.start, rv.end, oid)
+            rv.start = arrive  # later only: the slot was free from the earlier deposit on
+            book.add(rv.start, rv.end, oid)
+
+    settled: set[str] = set()
+    for station in sorted(ks.runs):
+        travel = k.travel[station]
+        for r in [r for r in ks.runs[station] if now < r.depart <= now + within and not r.frozen]:
+            packs = {oid: pack_of(oid) for oid in r.orders}
+            # the whole run later, up to its earliest order's target
+            if all(packs.values()):
+                target = min(plan.orders[oid].eta - settings.margin for oid in r.orders)
+                if target > r.arrive:
+                    ks.couriers.add(r.depart, r.back, -1)
+                    a = next(ks.couriers.free_arrivals(target, r.arrive + 1, -1, travel), None)
+                    ks.couriers.add(r.depart, r.back)
+                    if a is not None:
+                        state._drop_run(r)
+                        r.depart, r.arrive, r.back = a - travel, a, a + travel
+                        state._add_run(r)
+                        for oid in r.orders:
+                            deposit_at(oid, a)
+                            settled.add(oid)
+            # orders that could arrive later: onto a later run
+            for oid in sorted(r.orders, key=lambda o: (-plan.orders[o].eta, o)):
+                pack = packs[oid]
+                target = plan.orders[oid].eta - settings.margin
+                if pack is None or target <= r.arrive:
+                    continue
+                alone = len(r.orders) == 1  # then only joining a run helps (a shift was tried)
+                for a in range(target, r.arrive, -1):
+                    join = next(
+                        (
+                            x
+                            for x in ks.runs[station]
+                            if x.arrive == a
+                            and x is not r
+                            and not x.frozen
+                            and x.depart > now
+                            and len(x.orders) < k.run_capacity
+                        ),
+                        None,
+                    )
+                    if join is None and (
+                        alone or next(ks.couriers.free_arrivals(a, a, -1, travel), None) is None
+                    ):
+                        continue
+                    s = latest_pack(pack, a - travel)
+                    if s is None:
+                        continue
+                    r.orders.remove(oid)
+                    if not r.orders:
+                        state._drop_run(r)
+                    if join is None:
+                        state._add_run(
+                            Run(new_id("r"), kitchen_id, station, a - travel, a, a + travel, [oid])
+                        )
+                    else:
+                        join.orders.append(oid)
+                        state.run_of[oid] = join.id
+                    state.move_task(pack, s)
+                    deposit_at(oid, a)
+                    settled.add(oid)
+                    break
+            # packing as late as the departure allows
+            for oid in r.orders if r.id in plan.runs else ():
+                pack = packs[oid]
+                if pack is not None and state.run_of[oid] == r.id:
+                    s = latest_pack(pack, r.depart)
+                    if s is not None:
+                        state.move_task(pack, s)
+                        settled.add(oid)
+    return len(settled)

@@ -5,8 +5,9 @@ Policies:
 
 * ``greedy``: first-fit insertion only, never re-planned, deposits as late as it can (at eta);
 * ``optimized``: the same admission with a deposit margin; when first fit finds no kitchen room,
-  batch consolidation and early work (``solver.consolidate``) and then a bounded CP-SAT repair; and
-  every few virtual minutes, per kitchen, the same two passes followed by CP-SAT re-optimization.
+  batch consolidation and early work (``solver.consolidate``) and then a bounded CP-SAT repair;
+  every few virtual minutes, per kitchen, the same two passes followed by CP-SAT re-optimization;
+  and every other virtual minute the runs about to leave are settled (``settle_late``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
-from .consolidate import make_room
+from .consolidate import make_room, settle_late
 from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World
 
 
@@ -71,6 +72,7 @@ class SimConfig:
     repair_seconds: float = 0.3  # CP-SAT time limit of one repair (it stops at the first fit)
     repair_budget_per_order: float = 0.004  # total repair wall time: this much per order in the file
     repair_budget_seconds: float | None = None  # or this much in all
+    settle_every: int = 2  # virtual minutes between settling the runs about to leave (0: never)
     seed: int = 0
 
 
@@ -116,8 +118,19 @@ def simulate(
         optimizer = Optimizer(world, settings, seed=cfg.seed)
     repair_spent = 0.0
     unmerged: set[str] = set()  # kitchens whose plan changed since their last consolidation
+    next_settle = queue[0].placed_at if queue else 0
+
+    def settle_until(minute: int) -> None:
+        nonlocal next_settle
+        while next_settle <= minute:
+            for kid in sorted(world.kitchens):
+                stats["settled_orders"] += settle_late(state, kid, next_settle, settings, new_id)
+            next_settle += cfg.settle_every
+
     for i, so in enumerate(queue):
         now = so.placed_at
+        if optimizer is not None and cfg.settle_every > 0:
+            settle_until(now)
         if optimizer is not None and now >= next_reopt:
             for kid in sorted(changed):
                 _make_room(state, kid, now, settings, stats)
@@ -175,6 +188,8 @@ def simulate(
         if progress is not None:
             progress(i + 1, len(queue))
     stats["repair_seconds"] = repair_spent
+    if optimizer is not None and cfg.settle_every > 0 and queue:
+        settle_until(max(o.eta for o in queue))  # the runs of the morning's last orders too
     plan = state.plan
     violations = check(world, plan, settings)
     slots = _execute(world, plan, outcomes, settings)

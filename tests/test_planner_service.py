@@ -105,6 +105,40 @@ async def _runs_of(c: Client, kitchen: str) -> list:
         await conn.close()
 
 
+async def test_planner_settles_a_run_about_to_leave_so_a_parcel_waits_less(demo: Client) -> None:
+    """b (eta 6 minutes after a's) joins a's run, which would leave it 9 minutes in the cabinet.
+    Far ahead that saves a courier for orders yet to come; 20 minutes before departure the planner
+    puts b on a run of its own arriving by b's eta minus the margin, packed as late as that allows.
+    The stored plan checks, b's timeline says so, and a stays as it was."""
+    a = await _place(demo, "a", "s03", 120)
+    b = await _place(demo, "b", "s03", 126)
+    runs = await _runs_of(demo, "k-dawn")
+    assert len(runs) == 1 and set(runs[0]["orders"]) == {a["id"], b["id"]}
+    demo.clock.advance(90)  # a's run leaves at 111 (eta 120, margin 3, travel 6)
+    out = await replan_kitchen(demo.app[CTX], "k-dawn", 2.0)
+    assert out.result == "committed", out
+    conn = await demo.conn()
+    try:
+        rows = await conn.fetch(
+            """select o.order_id, r.arrive_at, (select max(t.end_at) from task_units u join tasks t
+                      on t.id = u.task_id where u.order_id = o.order_id and t.kind = 'pack') as packed,
+                      r.depart_at
+                 from run_orders o join runs r on r.id = o.run_id where r.kitchen_id = 'k-dawn'"""
+        )
+        at = {r["order_id"]: r for r in rows}
+        margin = timedelta(minutes=PlannerSettings().margin)
+        assert at[a["id"]]["arrive_at"] == DEMO_MORNING + timedelta(minutes=120) - margin
+        assert at[b["id"]]["arrive_at"] == DEMO_MORNING + timedelta(minutes=126) - margin
+        assert at[b["id"]]["packed"] == at[b["id"]]["depart_at"]
+        _, world = await WorldCache().get(conn)
+        plan = await load_plan(conn, world, ["k-dawn"])
+        assert check(world, plan, PlannerSettings()) == []
+        events = await conn.fetch("select kind, data from order_events where order_id = $1", b["id"])
+        assert any(e["kind"] == "replanned" for e in events)
+    finally:
+        await conn.close()
+
+
 async def test_planner_does_not_commit_on_stale_data(demo: Client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     await _place(demo, "a", "s03", 120)
     await _place(demo, "b", "s03", 132)

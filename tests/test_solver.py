@@ -216,6 +216,65 @@ def test_shift_earlier_uses_idle_oven_time_so_a_later_order_fits() -> None:
     assert check(w, state.plan, S) == []
 
 
+def _juice_pair(couriers: int) -> tuple[World, PlanState, Callable[[str], str], int]:
+    """Two juices to north, the second's eta 6 minutes after the first's: it joins the first's run
+    (run aware admission), which arrives 6 minutes before the second needs it."""
+    w = world()
+    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=couriers)
+    state, new_id = PlanState(w), id_factory()
+    eta = morning()[0][1].eta
+    for oid, e in (("first", eta), ("second", eta + 6)):
+        ins = admit(w, state, OrderReq(oid, "bakery", "north", e, {"juice": 1}), eta - 120, S, new_id)
+        assert isinstance(ins, Insertion)
+        state.apply(ins)
+    assert state.run_of["first"] == state.run_of["second"]
+    assert state.plan.runs[state.run_of["second"]].arrive == eta - S.margin
+    return w, state, new_id, eta
+
+
+def _pack_end(state: PlanState, oid: str) -> int:
+    return next(state.plan.tasks[t].end for t in state.tasks_of[oid] if state.plan.tasks[t].kind == "pack")
+
+
+def test_settle_late_puts_a_parcel_that_would_wait_on_a_later_run_when_a_courier_is_free() -> None:
+    """Near departure, the second juice goes on a run of its own arriving at its target, packed as
+    late as that allows: ready 6 minutes later, so 6 minutes less in the cabinet. The first stays."""
+    from solver.consolidate import settle_late
+
+    w, state, new_id, eta = _juice_pair(couriers=2)
+    first_run = state.plan.runs[state.run_of["first"]]
+    packed = _pack_end(state, "second")
+    assert settle_late(state, "bakery", eta - 30, S, new_id) == 1
+    run = state.plan.runs[state.run_of["second"]]
+    assert run is not first_run and run.orders == ["second"] and run.arrive == eta + 6 - S.margin
+    assert first_run.orders == ["first"] and first_run.arrive == eta - S.margin
+    assert _pack_end(state, "second") == run.depart >= packed + 6
+    assert [rv.start for rv in state.res_by_order["second"]] == [run.arrive]
+    assert check(w, state.plan, S) == []
+    assert settle_late(state, "bakery", eta - 30, S, new_id) == 0  # nothing left to gain
+
+
+def test_settle_late_keeps_a_busy_courier_and_started_work_and_moves_a_run_left_alone() -> None:
+    """With one courier, out on the shared run, there is no later run for the second juice, and
+    nothing moves. Once the first order is cancelled the run carries the second alone and leaves
+    later, at its target. Work that has started never moves."""
+    from solver.consolidate import settle_late
+
+    w, state, new_id, eta = _juice_pair(couriers=1)
+    run = state.plan.runs[state.run_of["second"]]
+    packed = _pack_end(state, "second")
+    assert settle_late(state, "bakery", eta - 30, S, new_id) == 0
+    assert (run.arrive, _pack_end(state, "second")) == (eta - S.margin, packed)
+    state.remove("first")
+    pack = next(state.plan.tasks[t] for t in state.tasks_of["second"] if state.plan.tasks[t].kind == "pack")
+    assert settle_late(state, "bakery", pack.start, S, new_id) == 0  # its packing has started
+    assert settle_late(state, "bakery", eta - 30, S, new_id) == 1
+    assert state.run_of["second"] == run.id and run.arrive == eta + 6 - S.margin
+    assert _pack_end(state, "second") == run.depart
+    assert [rv.start for rv in state.res_by_order["second"]] == [run.arrive]
+    assert check(w, state.plan, S) == []
+
+
 def test_rejects_with_reasons() -> None:
     w = world()
     state = PlanState(w)
