@@ -27,7 +27,7 @@ from collections.abc import Callable
 from .admission import PlanState, earliest_fit, latest_fit
 from .model import Run, Settings, Task
 
-SETTLE_WITHIN = 30  # minutes: runs leaving within this long are settled
+SETTLE_WITHIN = 15  # minutes: runs leaving within this long are settled
 
 
 def consolidate(

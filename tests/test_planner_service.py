@@ -107,14 +107,14 @@ async def _runs_of(c: Client, kitchen: str) -> list:
 
 async def test_planner_settles_a_run_about_to_leave_so_a_parcel_waits_less(demo: Client) -> None:
     """b (eta 6 minutes after a's) joins a's run, which would leave it 9 minutes in the cabinet.
-    Far ahead that saves a courier for orders yet to come; 20 minutes before departure the planner
+    Far ahead that saves a courier for orders yet to come; 11 minutes before departure the planner
     puts b on a run of its own arriving by b's eta minus the margin, packed as late as that allows.
     The stored plan checks, b's timeline says so, and a stays as it was."""
     a = await _place(demo, "a", "s03", 120)
     b = await _place(demo, "b", "s03", 126)
     runs = await _runs_of(demo, "k-dawn")
     assert len(runs) == 1 and set(runs[0]["orders"]) == {a["id"], b["id"]}
-    demo.clock.advance(90)  # a's run leaves at 111 (eta 120, margin 3, travel 6)
+    demo.clock.advance(100)  # a's run leaves at 111 (eta 120, margin 3, travel 6)
     out = await replan_kitchen(demo.app[CTX], "k-dawn", 2.0)
     assert out.result == "committed", out
     conn = await demo.conn()

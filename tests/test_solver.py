@@ -244,14 +244,14 @@ def test_settle_late_puts_a_parcel_that_would_wait_on_a_later_run_when_a_courier
     w, state, new_id, eta = _juice_pair(couriers=2)
     first_run = state.plan.runs[state.run_of["first"]]
     packed = _pack_end(state, "second")
-    assert settle_late(state, "bakery", eta - 30, S, new_id) == 1
+    assert settle_late(state, "bakery", eta - 25, S, new_id) == 1
     run = state.plan.runs[state.run_of["second"]]
     assert run is not first_run and run.orders == ["second"] and run.arrive == eta + 6 - S.margin
     assert first_run.orders == ["first"] and first_run.arrive == eta - S.margin
     assert _pack_end(state, "second") == run.depart >= packed + 6
     assert [rv.start for rv in state.res_by_order["second"]] == [run.arrive]
     assert check(w, state.plan, S) == []
-    assert settle_late(state, "bakery", eta - 30, S, new_id) == 0  # nothing left to gain
+    assert settle_late(state, "bakery", eta - 25, S, new_id) == 0  # nothing left to gain
 
 
 def test_settle_late_keeps_a_busy_courier_and_started_work_and_moves_a_run_left_alone() -> None:
@@ -263,12 +263,12 @@ def test_settle_late_keeps_a_busy_courier_and_started_work_and_moves_a_run_left_
     w, state, new_id, eta = _juice_pair(couriers=1)
     run = state.plan.runs[state.run_of["second"]]
     packed = _pack_end(state, "second")
-    assert settle_late(state, "bakery", eta - 30, S, new_id) == 0
+    assert settle_late(state, "bakery", eta - 25, S, new_id) == 0
     assert (run.arrive, _pack_end(state, "second")) == (eta - S.margin, packed)
     state.remove("first")
     pack = next(state.plan.tasks[t] for t in state.tasks_of["second"] if state.plan.tasks[t].kind == "pack")
     assert settle_late(state, "bakery", pack.start, S, new_id) == 0  # its packing has started
-    assert settle_late(state, "bakery", eta - 30, S, new_id) == 1
+    assert settle_late(state, "bakery", eta - 25, S, new_id) == 1
     assert state.run_of["second"] == run.id and run.arrive == eta + 6 - S.margin
     assert _pack_end(state, "second") == run.depart
     assert [rv.start for rv in state.res_by_order["second"]] == [run.arrive]
