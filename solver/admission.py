@@ -387,6 +387,40 @@ class PlanState:
         i = ks.runs[r.station_id].index(r)
         del ks.runs[r.station_id][i], ks.arrives[r.station_id][i]
 
+    def move_run(self, r: Run, arrive: int) -> None:
+        """Re-time a run of the plan to arrive at ``arrive``: its courier time, its place among its
+        station's runs, and the slot time of the orders it carries (see ``_deposit_at``)."""
+        travel = r.arrive - r.depart
+        self._drop_run(r)
+        r.depart, r.arrive, r.back = arrive - travel, arrive, arrive + travel
+        self._add_run(r)
+        for oid in r.orders:
+            self._deposit_at(oid, arrive)
+
+    def move_to_run(self, order_id: str, run: Run) -> None:
+        """Put an order on another run, one of the plan's or a new one (given without orders): off
+        its own (dropped once empty), its slot time from the new run's arrival (``_deposit_at``)."""
+        old = self.plan.runs[self.run_of[order_id]]
+        old.orders.remove(order_id)
+        if not old.orders:
+            self._drop_run(old)
+        run.orders.append(order_id)
+        if run.id in self.plan.runs:
+            self.run_of[order_id] = run.id
+        else:
+            self._add_run(run)
+        self._deposit_at(order_id, run.arrive)
+
+    def _deposit_at(self, order_id: str, arrive: int) -> None:
+        """An order's slot time starts at its new deposit (its slots, and when they are free to,
+        stay as they are: the caller knows they are free from then on, as they are for a later
+        deposit)."""
+        for rv in self.res_by_order[order_id]:
+            book = self.slot_busy[(rv.cabinet_id, rv.slot)]
+            book.remove(rv.start, rv.end, order_id)
+            rv.start = arrive
+            book.add(rv.start, rv.end, order_id)
+
     def _add_reservation(self, rv: Reservation) -> None:
         self.plan.reservations.append(rv)
         self.slot_busy[(rv.cabinet_id, rv.slot)].add(rv.start, rv.end, rv.order_id)

@@ -22,6 +22,7 @@ section 4 that held before still holds (``solver.check`` says so in the tests).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 
 from .admission import PlanState, earliest_fit, latest_fit
@@ -205,17 +206,14 @@ def settle_late(
         usage.add(t.start, t.end)
         return s if s is not None and s > t.start else None
 
-    def deposit_at(oid: str, arrive: int) -> None:
-        for rv in state.res_by_order[oid]:
-            book = state.slot_busy[(rv.cabinet_id, rv.slot)]
-            book.remove(rv.start, rv.end, oid)
-            rv.start = arrive  # later only: the slot was free from the earlier deposit on
-            book.add(rv.start, rv.end, oid)
-
     settled: set[str] = set()
     for station in sorted(ks.runs):
         travel = k.travel[station]
-        for r in [r for r in ks.runs[station] if now < r.depart <= now + within and not r.frozen]:
+        runs, arrives = ks.runs[station], ks.arrives[station]
+        leaving = runs[
+            bisect.bisect_right(arrives, now + travel) : bisect.bisect_right(arrives, now + within + travel)
+        ]
+        for r in [r for r in leaving if not r.frozen]:
             packs = {oid: pack_of(oid) for oid in r.orders}
             # the whole run later, up to its earliest order's target
             if all(packs.values()):
@@ -225,12 +223,8 @@ def settle_late(
                     a = next(ks.couriers.free_arrivals(target, r.arrive + 1, -1, travel), None)
                     ks.couriers.add(r.depart, r.back)
                     if a is not None:
-                        state._drop_run(r)
-                        r.depart, r.arrive, r.back = a - travel, a, a + travel
-                        state._add_run(r)
-                        for oid in r.orders:
-                            deposit_at(oid, a)
-                            settled.add(oid)
+                        state.move_run(r, a)
+                        settled.update(r.orders)
             # orders that could arrive later: onto a later run
             for oid in sorted(r.orders, key=lambda o: (-plan.orders[o].eta, o)):
                 pack = packs[oid]
@@ -238,19 +232,13 @@ def settle_late(
                 if pack is None or target <= r.arrive:
                     continue
                 alone = len(r.orders) == 1  # then only joining a run helps (a shift was tried)
+                joinable: dict[int, Run] = {}  # by arrival, the first in the station's order
+                lo, hi = bisect.bisect_right(arrives, r.arrive), bisect.bisect_right(arrives, target)
+                for x in runs[lo:hi]:
+                    if not x.frozen and len(x.orders) < k.run_capacity:
+                        joinable.setdefault(x.arrive, x)
                 for a in range(target, r.arrive, -1):
-                    join = next(
-                        (
-                            x
-                            for x in ks.runs[station]
-                            if x.arrive == a
-                            and x is not r
-                            and not x.frozen
-                            and x.depart > now
-                            and len(x.orders) < k.run_capacity
-                        ),
-                        None,
-                    )
+                    join = joinable.get(a)
                     if join is None and (
                         alone or next(ks.couriers.free_arrivals(a, a, -1, travel), None) is None
                     ):
@@ -258,24 +246,16 @@ def settle_late(
                     s = latest_pack(pack, a - travel)
                     if s is None:
                         continue
-                    r.orders.remove(oid)
-                    if not r.orders:
-                        state._drop_run(r)
                     if join is None:
-                        state._add_run(
-                            Run(new_id("r"), kitchen_id, station, a - travel, a, a + travel, [oid])
-                        )
-                    else:
-                        join.orders.append(oid)
-                        state.run_of[oid] = join.id
+                        join = Run(new_id("r"), kitchen_id, station, a - travel, a, a + travel, [])
+                    state.move_to_run(oid, join)
                     state.move_task(pack, s)
-                    deposit_at(oid, a)
                     settled.add(oid)
                     break
             # packing as late as the departure allows
             for oid in r.orders if r.id in plan.runs else ():
                 pack = packs[oid]
-                if pack is not None and state.run_of[oid] == r.id:
+                if pack is not None:
                     s = latest_pack(pack, r.depart)
                     if s is not None:
                         state.move_task(pack, s)

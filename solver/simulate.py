@@ -118,6 +118,7 @@ def simulate(
         optimizer = Optimizer(world, settings, seed=cfg.seed)
     repair_spent = 0.0
     unmerged: set[str] = set()  # kitchens whose plan changed since their last consolidation
+    settling = optimizer is not None and cfg.settle_every > 0
     next_settle = queue[0].placed_at if queue else 0
 
     def settle_until(minute: int) -> None:
@@ -129,7 +130,7 @@ def simulate(
 
     for i, so in enumerate(queue):
         now = so.placed_at
-        if optimizer is not None and cfg.settle_every > 0:
+        if settling:
             settle_until(now)
         if optimizer is not None and now >= next_reopt:
             for kid in sorted(changed):
@@ -188,7 +189,7 @@ def simulate(
         if progress is not None:
             progress(i + 1, len(queue))
     stats["repair_seconds"] = repair_spent
-    if optimizer is not None and cfg.settle_every > 0 and queue:
+    if settling and queue:
         settle_until(max(o.eta for o in queue))  # the runs of the morning's last orders too
     plan = state.plan
     violations = check(world, plan, settings)

@@ -407,15 +407,13 @@ async def write_replan(
         await release_order(conn, oid, kitchen_id, now)
     plan = state.plan
     moved_set = set(moved)
+    touched = sorted({t for oid in moved for t in state.tasks_of.get(oid, set())})
     existing = {
         r["id"]
         for r in await conn.fetch(
-            "select id from tasks where id = any($1::text[]) and kitchen_id = $2",
-            sorted({t for oid in moved for t in state.tasks_of.get(oid, set())}),
-            kitchen_id,
+            "select id from tasks where id = any($1::text[]) and kitchen_id = $2", touched, kitchen_id
         )
     }
-    touched = sorted({t for oid in moved for t in state.tasks_of.get(oid, set())})
     runs = {state.run_of[oid] for oid in moved}
     have_runs = {
         r["id"]
