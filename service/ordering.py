@@ -907,11 +907,15 @@ with new_orders as (
                              $39::timestamptz[], $40::text[])
              as n(id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items, total_cents,
                   code_hash, code_sealed, ready_at, placed)),
-    -- the status list is the live-code index's own predicate, written out so the index serves it
+    -- one probe of the live-code index per new order: a subquery in the condition stays a
+    -- per-row look-up, where a join (under the statement's generic plan) read every live order;
+    -- the status list is the index's own predicate, written out so the index serves it
     clash as materialized (
-        select o.code_hash from orders o
-          join new_orders n on o.cabinet_id = n.cabinet_id and o.code_hash = n.code_hash
-         where o.status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')),
+        select n.code_hash from new_orders n
+         where (select true from orders o
+                 where o.cabinet_id = n.cabinet_id and o.code_hash = n.code_hash
+                   and o.status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')
+                 limit 1)),
     go as materialized (select not exists (select 1 from clash) as ok),
     orders_in as (
         insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
