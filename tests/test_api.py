@@ -928,6 +928,46 @@ async def test_a_pickup_code_live_at_the_cabinet_is_drawn_again_and_nothing_is_w
     await assert_plan_checks(tiny)
 
 
+async def test_the_placement_write_looks_up_live_codes_by_key_while_statistics_lag(tiny: Client) -> None:
+    """The code clash look-up in the placement batch's statement probes the live-code index with each
+    new order's cabinet and code, also when the planner still believes there are few live orders
+    (statistics lag behind a morning's growth until autovacuum's next analyze) and the statement
+    runs on a generic plan (asyncpg prepares it; PostgreSQL moves to a generic plan after a few
+    runs). With a join there, that plan read every live order of the database on every batch."""
+    from service.ordering import PLACE_SQL
+
+    status, _ = await place(tiny, "a", items=[{"sku": "juice", "qty": 1}])
+    assert status == 201
+    conn = await tiny.conn()
+    try:
+        await conn.execute("analyze orders")  # one live order, as far as the planner knows
+        await conn.execute(
+            """insert into orders (id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items,
+                                   total_cents, status, code_hash, code_sealed)
+               select o.id || '-' || i, o.commuter_id, o.station_id, o.cabinet_id, o.kitchen_id, o.eta,
+                      o.items, o.total_cents, o.status, sha256((o.id || '-' || i)::bytea), o.code_sealed
+                 from orders o, generate_series(1, 3000) i"""
+        )
+        await conn.execute("prepare place_batch as " + PLACE_SQL)
+        await conn.execute("set plan_cache_mode = force_generic_plan")
+        n = await conn.fetchval("select cardinality(parameter_types) from pg_prepared_statements")
+        plan = await conn.fetchval(f"explain (format json) execute place_batch({', '.join(['null'] * n)})")
+    finally:
+        await conn.close()
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    reads = [
+        n for n in nodes(plan[0]["Plan"]) if n.get("Relation Name") == "orders" and "Scan" in n["Node Type"]
+    ]
+    assert reads, "the statement no longer reads orders; this test is out of date"
+    for n in reads:
+        assert n["Node Type"] in ("Index Scan", "Index Only Scan"), n
+        assert n["Index Name"] == "orders_live_code", n
+        assert "cabinet_id" in n["Index Cond"] and "code_hash" in n["Index Cond"], n
+
+
 async def warm_placements(demo: Client) -> dict[str, Any]:
     """Two placements at s03 from k-dawn, so that what follows is prepared on the cached plans;
     returns their body, for more of the same. The placements' batcher is idle after."""
