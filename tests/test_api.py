@@ -950,7 +950,9 @@ async def test_the_placement_write_looks_up_live_codes_by_key_while_statistics_l
         )
         await conn.execute("prepare place_batch as " + PLACE_SQL)
         await conn.execute("set plan_cache_mode = force_generic_plan")
-        n = await conn.fetchval("select cardinality(parameter_types) from pg_prepared_statements")
+        n = await conn.fetchval(
+            "select cardinality(parameter_types) from pg_prepared_statements where name = 'place_batch'"
+        )
         plan = await conn.fetchval(f"explain (format json) execute place_batch({', '.join(['null'] * n)})")
     finally:
         await conn.close()
