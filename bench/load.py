@@ -193,7 +193,7 @@ def main() -> None:
             "EXITBOX_ORDERS_PER_MINUTE": "100000",
             "EXITBOX_LOG_LEVEL": "WARNING",
             "EXITBOX_POOL_MAX": "20",
-            "EXITBOX_PLANNER_INTERVAL_SECONDS": "3600",
+            # the background planner runs at its default interval, as in service
         }
         port = free_port()
         exitbox = Path(sys.executable).parent / "exitbox"
@@ -297,9 +297,9 @@ def main() -> None:
             shown = [
                 line.removeprefix("exitbox_")
                 for line in r.read().decode().splitlines()
-                if line.startswith(("exitbox_placement_", "exitbox_plan_cache_"))
+                if line.startswith(("exitbox_placement_", "exitbox_plan_cache_", "exitbox_planner_runs"))
             ]
-        print(f"{'exitbox batching':>26}: " + ", ".join(shown), flush=True)
+        print(f"{'exitbox batching, planner':>26}: " + ", ".join(shown), flush=True)
         floor, ours = results[floor_name], results[ours_name]
         fivexx = sum(n for s, n in ours["statuses"].items() if str(s).startswith("5") or str(s) == "0")
         over = asyncio.run(_over_reserved(dsn))
