@@ -110,6 +110,21 @@ async def _reservations(
     ]
 
 
+async def live_orders_due(conn: asyncpg.Connection, kitchen_id: str, start: datetime, end: datetime) -> int:
+    """How many live orders of a kitchen are due (``eta``) in [start, end)."""
+    # the status list is the live-orders index's own predicate, written out so the index serves it
+    return int(
+        await conn.fetchval(
+            """select count(*) from orders
+                where kitchen_id = $1 and status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')
+                  and eta >= $2 and eta < $3""",
+            kitchen_id,
+            start,
+            end,
+        )
+    )
+
+
 async def _live_orders(conn: asyncpg.Connection, kitchen_ids: list[str]) -> dict[str, OrderReq]:
     rows = await conn.fetch(
         """select id, kitchen_id, station_id, cabinet_id, eta, items from orders
