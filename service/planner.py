@@ -58,8 +58,8 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
             return Outcome(kitchen_id, "nothing")
         # a kitchen whose orders are all further ahead (the evening's pre-orders for the morning)
         # has nothing to move: a count says so, where loading its plan took the event loop 0.2-0.3 s
-        # of CPU at 4,000 orders, every round
-        # (a minute wider on each side than the orders a re-plan may move: it never says too few)
+        # of CPU at 4,000 orders, every round. The window is a minute wider on each side than the
+        # orders a re-plan may move, so the count is never too low.
         window = from_minute(now_m - 1), from_minute(now_m + HORIZON + 2)
         due = await live_orders_due(conn, kitchen_id, *window)
         if due < 2:
