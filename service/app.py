@@ -235,7 +235,14 @@ async def _garbage_collector(app: web.Application) -> AsyncIterator[None]:
     2,000 net allocations, and the middle generation is left to the full ones. Under the load
     benchmark, young collections every 10,000 allocations took 10 ms on average (up to 24 ms) and
     middle ones up to 78 ms, together the worst 1% of placements; at 2,000 a young one takes
-    about 2 ms, and p99 went from 79-96 ms to 53-55 ms."""
+    about 2 ms, and p99 went from 79-96 ms to 53-55 ms.
+
+    What survives a full collection is frozen too, so the next one looks only at what was made
+    since. Otherwise every full collection went through all the morning's plans again: under the
+    load benchmark, 15 s apart, they took 0.12, 0.22 and 0.28 s (124,000 to 204,000 objects),
+    the whole service standing still meanwhile; frozen, 0.11, 0.06 and 0.10 s. Frozen objects are
+    still freed when their last reference goes; only a reference cycle among them would stay (the
+    plan states and the network have none), and the frozen count is in /metrics."""
     settings = app[CTX].settings
     old = gc.get_threshold()
     gc.collect()
@@ -247,7 +254,9 @@ async def _garbage_collector(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(settings.gc_full_seconds)
             t0 = time.perf_counter()
             n = gc.collect()
+            gc.freeze()  # what survived is left out of the next full collection
             app[METRICS].gauges["gc_last_full_seconds"] = time.perf_counter() - t0
+            app[METRICS].gauges["gc_frozen_objects"] = gc.get_freeze_count()
             app[METRICS].inc("gc_full_total")
             app[METRICS].inc("gc_collected_total", n)
 
