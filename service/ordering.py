@@ -908,13 +908,11 @@ with new_orders as (
              as n(id, commuter_id, station_id, cabinet_id, kitchen_id, eta, items, total_cents,
                   code_hash, code_sealed, ready_at, placed)),
     -- one probe of the live-code index per new order: a subquery in the condition stays a
-    -- per-row look-up, where a join (under the statement's generic plan) read every live order;
-    -- the status list is the index's own predicate, written out so the index serves it
+    -- per-row look-up, where a join (under the statement's generic plan) read every live order
     clash as materialized (
         select n.code_hash from new_orders n
          where (select true from orders o
-                 where o.cabinet_id = n.cabinet_id and o.code_hash = n.code_hash
-                   and o.status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')
+                 where o.cabinet_id = n.cabinet_id and o.code_hash = n.code_hash and o.{plan_q.LIVE_STATUS}
                  limit 1)),
     go as materialized (select not exists (select 1 from clash) as ok),
     orders_in as (

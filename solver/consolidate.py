@@ -23,12 +23,23 @@ section 4 that held before still holds (``solver.check`` says so in the tests).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from .admission import PlanState, earliest_fit, latest_fit
+from .admission import PlanState, Usage, earliest_fit, latest_fit
 from .model import Run, Settings, Task
 
 SETTLE_WITHIN = 15  # minutes: runs leaving within this long are settled
+
+
+@contextmanager
+def _lifted(usage: Usage, start: int, end: int) -> Iterator[None]:
+    """``usage`` without one unit over [start, end): where work taking it could go instead."""
+    usage.add(start, end, -1)
+    try:
+        yield
+    finally:
+        usage.add(start, end)
 
 
 def consolidate(
@@ -143,9 +154,8 @@ def shift_earlier(
         if lo >= t.start:
             continue
         usage = ks.usage[t.resource]
-        usage.add(t.start, t.end, -1)
-        s = earliest_fit(usage, k.capacity[t.resource], minutes, lo, t.end, k.windows(lo, t.end))
-        usage.add(t.start, t.end)
+        with _lifted(usage, t.start, t.end):
+            s = earliest_fit(usage, k.capacity[t.resource], minutes, lo, t.end, k.windows(lo, t.end))
         if s is None or s >= t.start:
             continue
         state.move_task(t, s)
@@ -198,12 +208,9 @@ def settle_late(
 
     def latest_pack(t: Task, end_by: int) -> int | None:
         """The latest start of packing ``t`` ending by ``end_by``, if later than it is now."""
-        usage = ks.usage[t.resource]
-        usage.add(t.start, t.end, -1)
-        s = latest_fit(
-            usage, None, k.capacity[t.resource], t.end - t.start, t.start, end_by, k.windows(t.start, end_by)
-        )
-        usage.add(t.start, t.end)
+        usage, cap, windows = ks.usage[t.resource], k.capacity[t.resource], k.windows(t.start, end_by)
+        with _lifted(usage, t.start, t.end):
+            s = latest_fit(usage, None, cap, t.end - t.start, t.start, end_by, windows)
         return s if s is not None and s > t.start else None
 
     settled: set[str] = set()
@@ -219,9 +226,8 @@ def settle_late(
             if all(packs.values()):
                 target = min(plan.orders[oid].eta - settings.margin for oid in r.orders)
                 if target > r.arrive:
-                    ks.couriers.add(r.depart, r.back, -1)
-                    a = next(ks.couriers.free_arrivals(target, r.arrive + 1, -1, travel), None)
-                    ks.couriers.add(r.depart, r.back)
+                    with _lifted(ks.couriers, r.depart, r.back):
+                        a = next(ks.couriers.free_arrivals(target, r.arrive + 1, -1, travel), None)
                     if a is not None:
                         state.move_run(r, a)
                         settled.update(r.orders)

@@ -33,11 +33,16 @@ async def _place(
     return body
 
 
-async def _runs(c: Client) -> list:
+async def _runs(c: Client, kitchen: str = "k-dawn") -> list:
+    """A kitchen's stored runs by departure: id, depart_at and the orders they carry (every run,
+    one without orders too)."""
     conn = await c.conn()
     try:
         return await conn.fetch(
-            "select id, depart_at from runs where kitchen_id = 'k-dawn' order by depart_at"
+            """select r.id, r.depart_at, array_remove(array_agg(o.order_id), null) as orders
+                 from runs r left join run_orders o on o.run_id = r.id
+                where r.kitchen_id = $1 group by r.id order by r.depart_at, r.id""",
+            kitchen,
         )
     finally:
         await conn.close()
@@ -106,31 +111,19 @@ async def test_re_plans_of_two_kitchens_make_runs_of_their_own(demo: Client) -> 
     # each pair ends up on a run leaving at a minute neither had before: a new run, a new id
     for kitchen, station, sku, eta in (("k-oven", "s05", "yogurt", 120), ("k-dawn", "s03", "soy-milk", 121)):
         pair = [await _place(demo, who, station, m, sku, kitchen) for who, m in (("a", eta), ("b", eta + 12))]
-        before = {r["id"] for r in await _runs_of(demo, kitchen)}
+        before = {r["id"] for r in await _runs(demo, kitchen)}
         out = await replan_kitchen(ctx, kitchen, 2.0)
         assert out.result == "committed", out
-        runs = await _runs_of(demo, kitchen)
+        runs = await _runs(demo, kitchen)
         assert len(runs) == 1 and runs[0]["id"] not in before, runs
         mine[kitchen] = {p["id"] for p in pair}
     conn = await demo.conn()
     try:
         for kitchen, orders in mine.items():
-            assert {o for r in await _runs_of(demo, kitchen) for o in r["orders"]} == orders
+            assert {o for r in await _runs(demo, kitchen) for o in r["orders"]} == orders
         _, world = await WorldCache().get(conn)
         plan = await load_plan(conn, world, sorted(mine))
         assert check(world, plan, PlannerSettings()) == []
-    finally:
-        await conn.close()
-
-
-async def _runs_of(c: Client, kitchen: str) -> list:
-    conn = await c.conn()
-    try:
-        return await conn.fetch(
-            """select r.id, array_agg(o.order_id) as orders from runs r
-                 join run_orders o on o.run_id = r.id where r.kitchen_id = $1 group by r.id""",
-            kitchen,
-        )
     finally:
         await conn.close()
 
@@ -142,7 +135,7 @@ async def test_planner_settles_a_run_about_to_leave_so_a_parcel_waits_less(demo:
     The stored plan checks, b's timeline says so, and a stays as it was."""
     a = await _place(demo, "a", "s03", 120)
     b = await _place(demo, "b", "s03", 126)
-    runs = await _runs_of(demo, "k-dawn")
+    runs = await _runs(demo)
     assert len(runs) == 1 and set(runs[0]["orders"]) == {a["id"], b["id"]}
     demo.clock.advance(100)  # a's run leaves at 111 (eta 120, margin 3, travel 6)
     out = await replan_kitchen(demo.app[CTX], "k-dawn", 2.0)

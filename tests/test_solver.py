@@ -13,7 +13,7 @@ import pytest
 
 from solver.admission import Couriers, Insertion, PlanState, Rejection, admit, id_factory, offerable
 from solver.check import check
-from solver.model import OrderReq, Plan, Settings, World, to_minute
+from solver.model import OrderReq, Plan, Settings, Task, World, to_minute
 
 from .conftest import EXAMPLES, tiny_network
 
@@ -232,8 +232,12 @@ def _juice_pair(couriers: int) -> tuple[World, PlanState, Callable[[str], str], 
     return w, state, new_id, eta
 
 
+def _pack(state: PlanState, oid: str) -> Task:
+    return next(state.plan.tasks[t] for t in state.tasks_of[oid] if state.plan.tasks[t].kind == "pack")
+
+
 def _pack_end(state: PlanState, oid: str) -> int:
-    return next(state.plan.tasks[t].end for t in state.tasks_of[oid] if state.plan.tasks[t].kind == "pack")
+    return _pack(state, oid).end
 
 
 def test_settle_late_puts_a_parcel_that_would_wait_on_a_later_run_when_a_courier_is_free() -> None:
@@ -266,8 +270,7 @@ def test_settle_late_keeps_a_busy_courier_and_started_work_and_moves_a_run_left_
     assert settle_late(state, "bakery", eta - 25, S, new_id) == 0
     assert (run.arrive, _pack_end(state, "second")) == (eta - S.margin, packed)
     state.remove("first")
-    pack = next(state.plan.tasks[t] for t in state.tasks_of["second"] if state.plan.tasks[t].kind == "pack")
-    assert settle_late(state, "bakery", pack.start, S, new_id) == 0  # its packing has started
+    assert settle_late(state, "bakery", _pack(state, "second").start, S, new_id) == 0  # packing started
     assert settle_late(state, "bakery", eta - 25, S, new_id) == 1
     assert state.run_of["second"] == run.id and run.arrive == eta + 6 - S.margin
     assert _pack_end(state, "second") == run.depart

@@ -9,6 +9,8 @@ import asyncpg
 
 from solver.model import NetworkSpec
 
+from .plans import LIVE_STATUS
+
 LIVE_PARCEL = "p.state in ('reserved', 'deposited')"
 
 
@@ -40,10 +42,7 @@ async def save_network(conn: asyncpg.Connection, spec: NetworkSpec) -> dict[str,
             )
     live_kitchens = {
         r["kitchen_id"]
-        for r in await conn.fetch(
-            """select distinct kitchen_id from orders
-                where status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')"""
-        )
+        for r in await conn.fetch(f"select distinct kitchen_id from orders where {LIVE_STATUS}")
     }
     gone = live_kitchens - {k.id for k in spec.kitchens}
     if gone:

@@ -12,6 +12,10 @@ from solver.admission import Insertion, PlanState
 from solver.model import OrderReq, Plan, Reservation, Run, Task, World, from_minute, to_minute
 
 LIVE = ("confirmed", "cooking", "on_the_way", "in_cabinet")
+# ``LIVE`` as a condition on an order's status, written out: it is the predicate of the partial
+# indexes on live orders (0001_init.sql), so they serve it on any plan (``status = any($n)`` would
+# leave them out of a generic plan)
+LIVE_STATUS = "status in (" + ", ".join(f"'{s}'" for s in LIVE) + ")"
 # A parcel ``p`` holding slot time after $2: what a state's slot time is made of. The reads of slot
 # time and the counts of it (``station_counts``) must agree on it exactly.
 HOLDS_SLOT_AFTER = "p.state in ('reserved', 'deposited') and p.during && tstzrange($2, null, '()')"
@@ -112,12 +116,9 @@ async def _reservations(
 
 async def live_orders_due(conn: asyncpg.Connection, kitchen_id: str, start: datetime, end: datetime) -> int:
     """How many live orders of a kitchen are due (``eta``) in [start, end)."""
-    # the status list is the live-orders index's own predicate, written out so the index serves it
     return int(
         await conn.fetchval(
-            """select count(*) from orders
-                where kitchen_id = $1 and status in ('confirmed', 'cooking', 'on_the_way', 'in_cabinet')
-                  and eta >= $2 and eta < $3""",
+            f"select count(*) from orders where kitchen_id = $1 and {LIVE_STATUS} and eta >= $2 and eta < $3",
             kitchen_id,
             start,
             end,
