@@ -264,6 +264,9 @@ class KitchenState:
     roomy_ids: set[str] = field(default_factory=set)
     runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))  # by (arrive, id)
     arrives: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # runs' arrivals
+    # started batches with made units handed over to the order being admitted: task id -> units
+    # (``solver.consolidate.admit_handing_over``); a started batch is otherwise never joined
+    handed: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.couriers = Couriers(self.view.couriers)
@@ -607,12 +610,14 @@ def _schedule_items(
                         del open_[j]
                         ks.roomy_ids.discard(t.id)
                         continue
-                    if t.frozen or t.start <= now or room - att.joined.get(t.id, 0) <= 0:
+                    if t.frozen or t.start <= now:
+                        room = min(room, ks.handed.get(t.id, 0))
+                    if room - att.joined.get(t.id, 0) <= 0:
                         continue
                     best = t
+                    spare = room - att.joined.get(t.id, 0)
                     break
                 if best is not None:
-                    spare = batch - best.total_units - att.joined.get(best.id, 0)
                     take = 0
                     while i < len(deadlines) and take < spare and deadlines[i] >= best.end:
                         take += 1

@@ -9,6 +9,13 @@ cannot start before they are placed). It moves prep work only: packing, runs and
 times, so no deposit and no hold changes; food moved earlier keeps ``Settings.keep_fresh`` minutes
 past the end of its slot time for commuters who come late.
 
+``admit_handing_over`` is for an order first fit refused: food of one step already made (its batch
+has started) for an order whose packing is later goes to the new order, and the first order's
+units are made again in a later batch (one with room, else a new one where the machine is free).
+Long-keeping food baked early for the night's pre-orders so serves commuters who order during the
+ride, and the oven time they would have needed at the rush goes to later, quieter time. Units
+change hands only; no started work moves.
+
 ``settle_late`` works the other way, on runs about to leave: a parcel that would wait in its
 slot longer than the deposit margin asks goes on a later run, when a courier is free for it then, and
 its packing follows. Near departure the couriers' time is known; earlier, it is kept for orders
@@ -23,11 +30,12 @@ section 4 that held before still holds (``solver.check`` says so in the tests).
 from __future__ import annotations
 
 import bisect
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .admission import PlanState, Usage, earliest_fit, latest_fit
-from .model import Run, Settings, Task
+from .admission import Insertion, PlanState, Rejection, Usage, admit, earliest_fit, latest_fit
+from .model import OrderReq, Run, Settings, Task
 
 SETTLE_WITHIN = 15  # minutes: runs leaving within this long are settled
 
@@ -169,6 +177,117 @@ def make_room(
     """Both passes, in order: (batches emptied by consolidation, batches moved earlier)."""
     merged = consolidate(state, kitchen_id, now, settings, only=only)
     return merged, shift_earlier(state, kitchen_id, now, settings, only=only)
+
+
+# one unit of an order handed over from a started batch: (order, from, to)
+Handover = tuple[str, Task, Task]
+
+
+def admit_handing_over(
+    state: PlanState, order: OrderReq, now: int, settings: Settings, new_id: Callable[[str], str]
+) -> Insertion | Rejection | None:
+    """Admit ``order`` with made units of its one-step items handed over to it (module
+    docstring): first fit again, now also joining started batches for the units handed over in
+    them. Units handed over that the order does not take go back. Returns the insertion to apply,
+    else the new refusal, or None when nothing could be handed over (the state is then as it was)."""
+    ks = state.kitchens[order.kitchen_id]
+    moves = _hand_over(state, order, now, settings, new_id)
+    if not moves:
+        return None
+    for _, src, _ in moves:
+        ks.handed[src.id] = ks.handed.get(src.id, 0) + 1
+    try:
+        result = admit(state.world, state, order, now, settings, new_id)
+    finally:
+        ks.handed.clear()
+    _give_back(state, moves, result.joins if isinstance(result, Insertion) else {})
+    return result
+
+
+def _hand_over(
+    state: PlanState, order: OrderReq, now: int, settings: Settings, new_id: Callable[[str], str]
+) -> list[Handover]:
+    ks = state.kitchens[order.kitchen_id]
+    k = ks.view
+    moves: list[Handover] = []
+    for sku, qty in sorted(order.items.items()):
+        item = k.menu[sku]
+        if len(item.steps) != 1:
+            continue  # an item of several steps would be made again through all of them
+        res, minutes, batch = item.steps[0]
+        tasks = ks.batches.get((sku, 1), [])
+        # started batches whose food would still be fresh for the order, the freshest first
+        fresh_from = order.eta + settings.grace - item.max_hold
+        lo = bisect.bisect_left(tasks, fresh_from, key=lambda t: t.end)
+        made = [t for t in reversed(tasks[lo:]) if (t.frozen or t.start <= now) and t.end <= order.eta]
+        need = qty
+        for src in made:
+            for oid in sorted(src.units, key=lambda o: (-_window(state, o, sku, 1, settings)[1], o)):
+                lo_start, hi_end, fresh_end = _window(state, oid, sku, 1, settings)
+                while need and src.units.get(oid):
+                    dst = _remake(state, tasks, batch, now, lo_start, hi_end, fresh_end)
+                    if dst is None:
+                        start = latest_fit(
+                            ks.usage[res],
+                            None,
+                            k.capacity[res],
+                            minutes,
+                            max(now + 1, lo_start, fresh_end - minutes),
+                            hi_end,
+                            k.windows(now + 1, hi_end),
+                        )
+                        if start is None:
+                            break
+                        dst = Task(new_id("t"), k.id, res, "prep", sku, 1, start, start + minutes, {})
+                        state._add_task(dst)
+                    _move_unit(state, oid, src, dst)
+                    moves.append((oid, src, dst))
+                    need -= 1
+            if not need:
+                break
+    return moves
+
+
+def _remake(
+    state: PlanState, tasks: list[Task], batch: int, now: int, lo_start: int, hi_end: int, fresh_end: int
+) -> Task | None:
+    """The fullest not-started batch with room whose timing suits a unit (``_window``)."""
+    best: Task | None = None
+    for t in tasks[bisect.bisect_left(tasks, fresh_end, key=lambda t: t.end) :]:
+        if t.end > hi_end:
+            break
+        if t.frozen or t.start <= now or t.start < lo_start or t.total_units >= batch:
+            continue
+        if best is None or t.total_units > best.total_units:
+            best = t
+    return best
+
+
+def _move_unit(state: PlanState, oid: str, src: Task, dst: Task) -> None:
+    src.units[oid] -= 1
+    if not src.units[oid]:
+        del src.units[oid]
+        state.tasks_of[oid].discard(src.id)
+    dst.units[oid] = dst.units.get(oid, 0) + 1
+    state.tasks_of[oid].add(dst.id)
+    state.kitchens[src.kitchen_id].note_room(src)
+
+
+def _give_back(state: PlanState, moves: list[Handover], taken: dict[str, int]) -> None:
+    """Undo the hand-overs whose units the order did not take (``taken``: task id -> units it
+    joined), the last first; a batch made for them goes when it is left empty and unjoined."""
+    left: dict[str, int] = defaultdict(int)
+    for _, src, _ in moves:
+        left[src.id] += 1
+    for tid, n in taken.items():
+        left[tid] -= n
+    for oid, src, dst in reversed(moves):
+        if left[src.id] <= 0:
+            continue
+        left[src.id] -= 1
+        _move_unit(state, oid, dst, src)
+        if not dst.units and dst.id not in taken and dst.id in state.plan.tasks:
+            state._drop_task(dst)
 
 
 def settle_late(

@@ -5,7 +5,8 @@ Policies:
 
 * ``greedy``: first-fit insertion only, never re-planned, deposits as late as it can (at eta);
 * ``optimized``: the same admission with a deposit margin; when first fit finds no kitchen room,
-  batch consolidation and early work (``solver.consolidate``) and then a bounded CP-SAT repair;
+  batch consolidation and early work, then made food handed over (``solver.consolidate``), and
+  then a bounded CP-SAT repair;
   every few virtual minutes, per kitchen, the same two passes followed by CP-SAT re-optimization;
   and every other virtual minute the runs about to leave are settled (``settle_late``).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
 from .check import Violation, check
-from .consolidate import make_room, settle_late
+from .consolidate import admit_handing_over, make_room, settle_late
 from .model import SIZE_RANK, OrderReq, Plan, Settings, Task, World
 
 
@@ -73,6 +74,7 @@ class SimConfig:
     repair_budget_per_order: float = 0.004  # total repair wall time: this much per order in the file
     repair_budget_seconds: float | None = None  # or this much in all
     settle_every: int = 2  # virtual minutes between settling the runs about to leave (0: never)
+    hand_over: bool = True  # a refused order may take food made for a later one (``admit_handing_over``)
     seed: int = 0
 
 
@@ -167,6 +169,17 @@ def simulate(
             unmerged.discard(order.kitchen_id)
             res = admit(world, state, order, now, settings, new_id)
             stats["consolidation_wins"] += int(isinstance(res, Insertion))
+        if (
+            optimizer is not None
+            and cfg.hand_over
+            and isinstance(res, Rejection)
+            and res.reason == "no-kitchen-capacity"
+        ):
+            handed = admit_handing_over(state, order, now, settings, new_id)
+            if handed is not None:
+                stats["handovers_tried"] += 1
+                stats["handover_wins"] += int(isinstance(handed, Insertion))
+                res = handed
         if isinstance(res, Insertion):
             state.apply(res)
             changed.add(order.kitchen_id)

@@ -13,7 +13,7 @@ import pytest
 
 from solver.admission import Couriers, Insertion, PlanState, Rejection, admit, id_factory, offerable
 from solver.check import check
-from solver.model import OrderReq, Plan, Settings, Task, World, to_minute
+from solver.model import NetworkSpec, OrderReq, Plan, Settings, Task, World, to_minute
 
 from .conftest import EXAMPLES, tiny_network
 
@@ -655,3 +655,96 @@ def test_a_later_eta_for_an_order_refused_for_courier_or_slot_tries_only_later_a
     assert {"no-courier-capacity", "no-cabinet-capacity"} <= reasons
     assert cut > 50 and compared > cut and found > 10  # later etas that do fit are still found
     assert check(w, state.plan, S) == []
+
+
+def test_a_refused_order_takes_a_loaf_made_for_a_later_one_which_is_baked_again_later() -> None:
+    """A loaf for a commuter coming in an hour was baked early (shift_earlier). A commuter on the
+    train now wants one too, but the oven is taken by croissants until it is too late to bake: first
+    fit refuses. Handed over, the made loaf is theirs, and the first loaf is baked again in oven time
+    before its own packing; no started work moves, and every plan checks."""
+    from solver.consolidate import admit_handing_over, shift_earlier
+
+    w = world()
+    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=2)
+    state = PlanState(w)
+    new_id = id_factory()
+    eta = morning()[0][1].eta
+    now = eta - 150
+    for order in (
+        OrderReq("later", "bakery", "south", eta + 60, {"bread": 1}),
+        OrderReq("buns", "bakery", "south", eta, {"croissant": 2}),
+    ):
+        got = admit(w, state, order, now, S, new_id)
+        assert isinstance(got, Insertion)
+        state.apply(got)
+    shift_earlier(state, "bakery", now, S)
+    loaf = next(t for t in state.plan.tasks.values() if t.sku == "bread")
+    made = (loaf.start, loaf.end)
+    now = eta - 50
+    assert loaf.end <= now  # baked and waiting
+    ride = OrderReq("ride", "bakery", "south", eta, {"bread": 1})
+    refused = admit(w, state, ride, now, S, new_id)
+    assert isinstance(refused, Rejection) and refused.reason == "no-kitchen-capacity"
+    before = {t.id: (t.start, t.end) for t in state.plan.tasks.values() if t.start <= now}
+
+    handed = admit_handing_over(state, ride, now, S, new_id)
+    assert isinstance(handed, Insertion)
+    state.apply(handed)
+    assert loaf.units == {"ride": 1} and (loaf.start, loaf.end) == made
+    again = [t for t in state.plan.tasks.values() if t.sku == "bread" and t is not loaf]
+    assert len(again) == 1 and again[0].units == {"later": 1} and again[0].start > now
+    assert again[0].end <= _pack(state, "later").start
+    assert {t.id: (t.start, t.end) for t in state.plan.tasks.values() if t.id in before} == before
+    assert state.tasks_of["later"] == {again[0].id, _pack(state, "later").id}
+    assert check(w, state.plan, S) == []
+
+    # nothing left to hand over: the state is as it was, and first fit's refusal stands
+    tasks = {t.id: (t.start, t.end, dict(t.units)) for t in state.plan.tasks.values()}
+    other = OrderReq("other", "bakery", "south", eta, {"bread": 1})
+    assert admit_handing_over(state, other, now, S, new_id) is None
+    assert {t.id: (t.start, t.end, dict(t.units)) for t in state.plan.tasks.values()} == tasks
+    assert state.kitchens["bakery"].handed == {}
+
+
+def test_handing_over_through_a_random_morning_keeps_every_rule_and_gives_back_what_it_cannot_use() -> None:
+    """A generated rush-hour morning in placement order, with early work done whenever possible (so
+    there is made food to hand over); each order first fit refuses for the kitchen is tried with
+    food handed over. A try that fails leaves every task as it was; one that succeeds leaves
+    started batches at their times, no smaller; the plan checks after every step."""
+    from solver.consolidate import admit_handing_over, shift_earlier
+    from solver.generate import as_sim_orders, generate
+
+    net, rows = generate(orders=400, stations=4, kitchens=1, seed=3, tightness=2.0)
+    w = World.from_spec(NetworkSpec.model_validate(net))
+    state = PlanState(w)
+    new_id = id_factory()
+    placed = [
+        (so.placed_at, OrderReq(so.id, so.kitchen_id, so.station_id, so.eta, dict(so.items)))
+        for so in sorted(as_sim_orders(rows), key=lambda so: (so.placed_at, so.id))
+        if not so.invalid and so.eta > so.placed_at
+    ]
+
+    def tasks() -> dict[str, tuple[int, int, dict[str, int]]]:
+        return {t.id: (t.start, t.end, dict(t.units)) for t in state.plan.tasks.values()}
+
+    won = failed = 0
+    for now, order in placed:
+        shift_earlier(state, order.kitchen_id, now, S)
+        got = admit(w, state, order, now, S, new_id)
+        if isinstance(got, Rejection) and got.reason == "no-kitchen-capacity":
+            before = tasks()
+            got = admit_handing_over(state, order, now, S, new_id) or got
+            if isinstance(got, Insertion):
+                won += 1
+                after = tasks()
+                for tid, (start, end, units) in before.items():
+                    if start <= now:
+                        assert after[tid][:2] == (start, end)
+                        assert sum(after[tid][2].values()) + got.joins.get(tid, 0) >= sum(units.values())
+            else:
+                failed += 1
+                assert tasks() == before
+        if isinstance(got, Insertion):
+            state.apply(got)
+        assert check(w, state.plan, S) == [], order.id
+    assert won > 0 and failed > 0
