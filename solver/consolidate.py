@@ -12,8 +12,8 @@ past the end of its slot time for commuters who come late.
 ``admit_handing_over`` is for an order first fit refused: food of one step already made (its batch
 has started) for an order whose packing is later goes to the new order, and the first order's
 units are made again in a later batch (one with room, else a new one where the machine is free).
-Long-keeping food baked early for the night's pre-orders so serves commuters who order during the
-ride, and the oven time they would have needed at the rush goes to later, quieter time. Units
+Long-keeping food baked early for the night's pre-orders thus serves commuters who order during
+the ride, and the oven time they would have needed at the rush goes to later, quieter time. Units
 change hands only; no started work moves.
 
 ``settle_late`` works the other way, on runs about to leave: a parcel that would wait in its
@@ -207,6 +207,8 @@ def admit_handing_over(
 def _hand_over(
     state: PlanState, order: OrderReq, now: int, settings: Settings, new_id: Callable[[str], str]
 ) -> list[Handover]:
+    """Hand units of started batches over to ``order``, up to its quantity of each one-step item:
+    the moves made (the state holds them)."""
     ks = state.kitchens[order.kitchen_id]
     k = ks.view
     moves: list[Handover] = []
