@@ -456,6 +456,18 @@ class PlanState:
             self.tasks_of[oid].add(t.id)
         self.kitchens[t.kitchen_id].note_room(t)
 
+    def move_units(self, order_id: str, src: Task, dst: Task, n: int = 1) -> None:
+        """``n`` of an order's units of one step go from one task of the plan to another of the
+        same step (the caller has checked that ``dst`` has room and suits them); ``src`` is open to
+        joins again."""
+        src.units[order_id] -= n
+        if not src.units[order_id]:
+            del src.units[order_id]
+            self.tasks_of[order_id].discard(src.id)
+        dst.units[order_id] = dst.units.get(order_id, 0) + n
+        self.tasks_of[order_id].add(dst.id)
+        self.kitchens[src.kitchen_id].note_room(src)
+
     def remove(self, *order_ids: str) -> None:
         """Take orders out of the plan: their units, run seats and slot time are freed."""
         gone: list[Reservation] = []

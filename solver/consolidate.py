@@ -93,10 +93,7 @@ def consolidate(
                 plan.append((oid, n, best))
             else:
                 for oid, n, b in plan:
-                    b.units[oid] = b.units.get(oid, 0) + n
-                    a.units.pop(oid)
-                    state.tasks_of[oid].discard(a.id)
-                    state.tasks_of[oid].add(b.id)
+                    state.move_units(oid, a, b, n)
                     if moved is not None:
                         moved(oid)
                 state._drop_task(a)
@@ -224,8 +221,10 @@ def _hand_over(
         made = [t for t in reversed(tasks[lo:]) if (t.frozen or t.start <= now) and t.end <= order.eta]
         need = qty
         for src in made:
-            for oid in sorted(src.units, key=lambda o: (-_window(state, o, sku, 1, settings)[1], o)):
-                lo_start, hi_end, fresh_end = _window(state, oid, sku, 1, settings)
+            # the orders packed last first: theirs is the most time to make it again in
+            windows = {oid: _window(state, oid, sku, 1, settings) for oid in src.units}
+            for oid in sorted(windows, key=lambda o: (-windows[o][1], o)):
+                lo_start, hi_end, fresh_end = windows[oid]
                 while need and src.units.get(oid):
                     dst = _remake(state, tasks, batch, now, lo_start, hi_end, fresh_end)
                     if dst is None:
@@ -242,7 +241,7 @@ def _hand_over(
                             break
                         dst = Task(new_id("t"), k.id, res, "prep", sku, 1, start, start + minutes, {})
                         state._add_task(dst)
-                    _move_unit(state, oid, src, dst)
+                    state.move_units(oid, src, dst)
                     moves.append((oid, src, dst))
                     need -= 1
             if not need:
@@ -265,16 +264,6 @@ def _remake(
     return best
 
 
-def _move_unit(state: PlanState, oid: str, src: Task, dst: Task) -> None:
-    src.units[oid] -= 1
-    if not src.units[oid]:
-        del src.units[oid]
-        state.tasks_of[oid].discard(src.id)
-    dst.units[oid] = dst.units.get(oid, 0) + 1
-    state.tasks_of[oid].add(dst.id)
-    state.kitchens[src.kitchen_id].note_room(src)
-
-
 def _give_back(state: PlanState, moves: list[Handover], taken: dict[str, int]) -> None:
     """Undo the hand-overs whose units the order did not take (``taken``: task id -> units it
     joined), the last first; a batch made for them goes when it is left empty and unjoined."""
@@ -287,7 +276,7 @@ def _give_back(state: PlanState, moves: list[Handover], taken: dict[str, int]) -
         if left[src.id] <= 0:
             continue
         left[src.id] -= 1
-        _move_unit(state, oid, dst, src)
+        state.move_units(oid, dst, src)
         if not dst.units and dst.id not in taken and dst.id in state.plan.tasks:
             state._drop_task(dst)
 

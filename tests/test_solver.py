@@ -47,13 +47,17 @@ def morning() -> list[tuple[int, OrderReq]]:
     return out
 
 
-def bakery_before_first_eta(pack: int) -> tuple[World, PlanState, Callable[[str], str], int, int]:
-    """The tiny world with ``pack`` packing stations (packing is not what these tests are about),
-    an empty state, ids, the first morning order's eta and two hours before it."""
+def bakery_before_first_eta(
+    pack: int = 1, couriers: int = 1, before: int = 120
+) -> tuple[World, PlanState, Callable[[str], str], int, int]:
+    """The tiny world with ``pack`` packing stations and ``couriers`` couriers (when packing or
+    couriers are not what a test is about), an empty state, ids, the first morning order's eta and
+    ``before`` minutes before it."""
     w = world()
     w.kitchens["bakery"].capacity["pack"] = pack
+    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=couriers)
     eta = morning()[0][1].eta
-    return w, PlanState(w), id_factory(), eta, eta - 120
+    return w, PlanState(w), id_factory(), eta, eta - before
 
 
 def slot_time_held(st: PlanState) -> tuple[list[str], dict[Any, Any], dict[str, list[str]]]:
@@ -155,13 +159,7 @@ def test_consolidation_merges_a_later_batch_into_an_earlier_one_that_keeps_it_fr
     which still leaves them fresh until its slot time ends, and frees the oven."""
     from solver.consolidate import consolidate
 
-    w = world()
-    w.kitchens["bakery"].capacity["pack"] = 2  # one oven is what this test is about
-    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=2)
-    state = PlanState(w)
-    new_id = id_factory()
-    eta = morning()[0][1].eta
-    now = eta - 120
+    w, state, new_id, eta, now = bakery_before_first_eta(pack=2, couriers=2)  # one oven is the point
     late = admit(w, state, OrderReq("late", "bakery", "north", eta + 16, {"croissant": 3}), now, S, new_id)
     assert isinstance(late, Insertion)
     state.apply(late)
@@ -185,12 +183,7 @@ def test_shift_earlier_uses_idle_oven_time_so_a_later_order_fits() -> None:
     loaf's packing, run and slot do not move, and the plan still checks."""
     from solver.consolidate import shift_earlier
 
-    w = world()
-    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=2)
-    state = PlanState(w)
-    new_id = id_factory()
-    eta = morning()[0][1].eta
-    now = eta - 150
+    w, state, new_id, eta, now = bakery_before_first_eta(couriers=2, before=150)
     bread = admit(w, state, OrderReq("loaf", "bakery", "south", eta, {"bread": 1}), now, S, new_id)
     assert isinstance(bread, Insertion)
     state.apply(bread)
@@ -664,12 +657,7 @@ def test_a_refused_order_takes_a_loaf_made_for_a_later_one_which_is_baked_again_
     before its own packing; no started work moves, and every plan checks."""
     from solver.consolidate import admit_handing_over, shift_earlier
 
-    w = world()
-    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=2)
-    state = PlanState(w)
-    new_id = id_factory()
-    eta = morning()[0][1].eta
-    now = eta - 150
+    w, state, new_id, eta, now = bakery_before_first_eta(couriers=2, before=150)
     for order in (
         OrderReq("later", "bakery", "south", eta + 60, {"bread": 1}),
         OrderReq("buns", "bakery", "south", eta, {"croissant": 2}),
