@@ -3,8 +3,10 @@
 ``PlanState`` keeps capacity timelines (per kitchen resource, per courier pool, per cabinet slot)
 next to a ``Plan``; ``admit`` searches pickup-side first:
 
-1. candidate deposit times, latest first from ``eta - margin`` (joining a courier run already
-   going to the station where one fits, else a new run), then the minutes up to ``eta``;
+1. candidate deposit times near the target ``eta - margin``: a courier run already going to the
+   station arriving a little before or after it (``Settings.join_window``, ``late_join``), then
+   per minute latest first from the target down to ``early_first`` before it (a run to join, else
+   a new run), then the minutes after the target up to ``eta``, then the earlier ones;
 2. for each, a free slot per parcel in one cabinet of the station for ``[deposit, eta + grace)``;
 3. a courier (join the run, or a free courier for the round trip);
 4. the kitchen, scheduled backwards from the run's departure: the pack step as late as it fits,
@@ -932,21 +934,29 @@ def admit(
 
     def candidates() -> Iterator[tuple[int, Run | None]]:
         # run aware: a run already going there close to the target is joined first
-        near = [r for r in joinable if target - settings.join_window <= r.arrive <= eta]
+        near = [
+            r
+            for r in joinable
+            if target - settings.join_window <= r.arrive <= min(eta, target + settings.late_join)
+        ]
         near.sort(key=lambda r: (r.arrive > target, abs(r.arrive - target), r.id))
         for r in near:
             yield r.arrive, r
         tried = {r.id for r in near}
-        # then per arrival minute, at or before the target latest first, then after it: the runs
-        # arriving then, then a new run (when a courier is free for it)
-        for hi, lo, step in ((min(target, eta), earliest_arrive, -1), (max(target, after) + 1, eta, 1)):
+        # then per arrival minute: just before the target latest first, then after it, then the
+        # rest before it; the runs arriving then, then a new run (when a courier is free for it)
+        top, early = min(target, eta), min(target, eta) - settings.early_first
+        phases = [(top, max(earliest_arrive, early), -1), (max(target, after) + 1, eta, 1)]
+        if early - 1 >= earliest_arrive:
+            phases.append((early - 1, earliest_arrive, -1))
+        for hi, lo, step in phases:
             news = ks.couriers.free_arrivals(hi, lo, step, travel)  # arrivals a new run could make
             nxt = next(news, None)
             minutes = [m for m in by_arrive if (lo <= m <= hi if step < 0 else hi <= m <= lo)]
             minutes.sort(reverse=step < 0)
             for m in minutes:
                 while nxt is not None and (nxt > m if step < 0 else nxt < m):
-                    if step < 0 and kitchen_failed_new:  # no new run at or before the target then
+                    if step < 0 and kitchen_failed_new:  # it failed for a later new run
                         nxt = None
                         break
                     yield nxt, None

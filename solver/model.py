@@ -384,7 +384,15 @@ class Settings:
     grace: int = 10
     margin: int = 3
     search_minutes: int = 90
-    join_window: int = 8  # join a courier run arriving up to this long before the target
+    # admission's order of deposit times (``solver.admission.admit``): courier runs arriving up to
+    # ``join_window`` before the target or ``late_join`` after it are joined first, then new runs
+    # are tried up to ``early_first`` before the target, then the minutes after the target up to
+    # eta, then earlier ones. A parcel deposited a minute or two after the target still beats
+    # nearly every commuter (few come more than a minute or two before eta), where one deposited
+    # well before it adds those minutes to every hold.
+    join_window: int = 4
+    late_join: int = 2
+    early_first: int = 2
     # work moved earlier (to use equipment time now) stays fresh this long past eta plus grace,
     # for commuters who come late
     keep_fresh: int = 10

@@ -31,7 +31,7 @@ from .check import check
 from .model import SIZE_RANK, KitchenView, OrderReq, Plan, Reservation, Run, Settings, Task, World, parcels_of
 
 W_LATE = 1000
-W_RUN = 20
+W_RUN = 10
 W_HOLD = 1
 W_TASK = 5
 MAX_BATCH_CHOICES = 4  # other batches a bundle of units may move to

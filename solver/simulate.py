@@ -89,7 +89,10 @@ class SimResult:
 
 def _effective_settings(cfg: SimConfig) -> Settings:
     if cfg.policy == "greedy":
-        return Settings(grace=cfg.settings.grace, margin=0, search_minutes=cfg.settings.search_minutes)
+        # the baseline as first measured: runs joined up to 8 minutes early, no margin
+        return Settings(
+            grace=cfg.settings.grace, margin=0, search_minutes=cfg.settings.search_minutes, join_window=8
+        )
     return cfg.settings
 
 
