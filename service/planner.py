@@ -27,6 +27,7 @@ from .ordering import Ctx, emit, lock, lock_key, new_id
 log = logging.getLogger("exitbox.planner")
 
 HORIZON = 6 * 60  # minutes ahead whose orders a re-plan may move
+PARTITION = 300  # orders a re-plan moves at most
 
 
 @dataclass
@@ -67,7 +68,7 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
         version = await conn.fetchval("select plan_version from kitchens where id = $1", kitchen_id)
         state = await load_kitchen_plan(conn, world, kitchen_id, now)
     opt = Optimizer(world, ctx.planner, new_id=new_id)  # ids unique across kitchens and re-plans
-    ids = opt.movable(state, kitchen_id, now_m, now_m, now_m + HORIZON, 300)
+    ids = opt.movable(state, kitchen_id, now_m, now_m, now_m + HORIZON, PARTITION)
     if len(ids) < 2:
         return Outcome(kitchen_id, "nothing", len(ids), time.perf_counter() - t0)
     old_deposit = {oid: state.plan.runs[state.run_of[oid]].arrive for oid in ids}
@@ -79,7 +80,7 @@ async def _replan(ctx: Ctx, kitchen_id: str, seconds: float, t0: float) -> Outco
         changed = sum(make_room(state, kitchen_id, now_m, ctx.planner, only=set(ids)))
         if changed and check(world, state.plan, ctx.planner, partial=True):
             raise RuntimeError("making room broke a rule")  # never expected; the plan stays
-        rep = opt.reoptimize(state, kitchen_id, now_m, seconds, HORIZON, 300)
+        rep = opt.reoptimize(state, kitchen_id, now_m, seconds, HORIZON, PARTITION)
         settled = settle_late(state, kitchen_id, now_m, ctx.planner, new_id, only=set(ids))
         if settled and check(world, state.plan, ctx.planner, partial=True):
             raise RuntimeError("settling runs broke a rule")

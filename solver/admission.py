@@ -945,7 +945,8 @@ def admit(
         tried = {r.id for r in near}
         # then per arrival minute: just before the target latest first, then after it, then the
         # rest before it; the runs arriving then, then a new run (when a courier is free for it)
-        top, early = min(target, eta), min(target, eta) - settings.early_first
+        top = min(target, eta)
+        early = top - settings.early_first
         phases = [(top, max(earliest_arrive, early), -1), (max(target, after) + 1, eta, 1)]
         if early - 1 >= earliest_arrive:
             phases.append((early - 1, earliest_arrive, -1))

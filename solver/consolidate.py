@@ -30,8 +30,9 @@ section 4 that held before still holds (``solver.check`` says so in the tests).
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from .admission import Insertion, PlanState, Rejection, Usage, admit, earliest_fit, latest_fit
@@ -77,16 +78,8 @@ def consolidate(
             spare = {b.id: batch - b.total_units for b in movable if b is not a and b.id in state.plan.tasks}
             plan: list[tuple[str, int, Task]] = []
             for oid, n in sorted(a.units.items(), key=lambda kv: -kv[1]):
-                lo_start, hi_end, fresh_end = _window(state, oid, sku, step, settings)
-                best: Task | None = None
-                for b in movable:
-                    if b is a or spare.get(b.id, 0) < n:
-                        continue
-                    if b.start < lo_start or b.end > hi_end or b.end < fresh_end:
-                        continue
-                    # the fullest target; among equals the latest (freshest)
-                    if best is None or (spare[b.id], -b.end) < (spare[best.id], -best.end):
-                        best = b
+                window = _window(state, oid, sku, step, settings)
+                best = _fullest_suiting((b for b in movable if b is not a), spare, n, window)
                 if best is None:
                     break
                 spare[best.id] -= n
@@ -100,6 +93,21 @@ def consolidate(
                 movable.remove(a)
                 emptied += 1
     return emptied
+
+
+def _fullest_suiting(
+    batches: Iterable[Task], spare: dict[str, int], n: int, window: tuple[int, int, int]
+) -> Task | None:
+    """Of ``batches``, the fullest with room (``spare``: task id -> units) for ``n`` units whose
+    timing suits them (``window``, from ``_window``); among equals the latest (freshest)."""
+    lo_start, hi_end, fresh_end = window
+    best: Task | None = None
+    for b in batches:
+        if spare.get(b.id, 0) < n or b.start < lo_start or b.end > hi_end or b.end < fresh_end:
+            continue
+        if best is None or (spare[b.id], -b.end) < (spare[best.id], -best.end):
+            best = b
+    return best
 
 
 def _window(state: PlanState, oid: str, sku: str, step: int, settings: Settings) -> tuple[int, int, int]:
@@ -226,7 +234,7 @@ def _hand_over(
             for oid in sorted(windows, key=lambda o: (-windows[o][1], o)):
                 lo_start, hi_end, fresh_end = windows[oid]
                 while need and src.units.get(oid):
-                    dst = _remake(state, tasks, batch, now, lo_start, hi_end, fresh_end)
+                    dst = _remake(tasks, batch, now, windows[oid])
                     if dst is None:
                         start = latest_fit(
                             ks.usage[res],
@@ -249,19 +257,13 @@ def _hand_over(
     return moves
 
 
-def _remake(
-    state: PlanState, tasks: list[Task], batch: int, now: int, lo_start: int, hi_end: int, fresh_end: int
-) -> Task | None:
-    """The fullest not-started batch with room whose timing suits a unit (``_window``)."""
-    best: Task | None = None
-    for t in tasks[bisect.bisect_left(tasks, fresh_end, key=lambda t: t.end) :]:
-        if t.end > hi_end:
-            break
-        if t.frozen or t.start <= now or t.start < lo_start or t.total_units >= batch:
-            continue
-        if best is None or t.total_units > best.total_units:
-            best = t
-    return best
+def _remake(tasks: list[Task], batch: int, now: int, window: tuple[int, int, int]) -> Task | None:
+    """The not-started batch of ``tasks`` (sorted by end) where a unit is made again: the fullest
+    with room whose timing suits it (``_fullest_suiting``)."""
+    from_fresh = tasks[bisect.bisect_left(tasks, window[2], key=lambda t: t.end) :]
+    by_end = itertools.takewhile(lambda t: t.end <= window[1], from_fresh)
+    waiting = [t for t in by_end if not (t.frozen or t.start <= now)]
+    return _fullest_suiting(waiting, {t.id: batch - t.total_units for t in waiting}, 1, window)
 
 
 def _give_back(state: PlanState, moves: list[Handover], taken: dict[str, int]) -> None:

@@ -17,7 +17,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .admission import Insertion, PlanState, Rejection, admit, id_factory, validate
@@ -90,9 +90,7 @@ class SimResult:
 def _effective_settings(cfg: SimConfig) -> Settings:
     if cfg.policy == "greedy":
         # the baseline as first measured: runs joined up to 8 minutes early, no margin
-        return Settings(
-            grace=cfg.settings.grace, margin=0, search_minutes=cfg.settings.search_minutes, join_window=8
-        )
+        return replace(cfg.settings, margin=0, join_window=8)
     return cfg.settings
 
 

@@ -33,6 +33,11 @@ async def _place(
     return body
 
 
+# two orders this many minutes apart get a run each from admission (beyond its join window, 4
+# minutes) and one run from the optimizer (the hold costs less than a second courier trip, W_RUN 10)
+MERGEABLE_APART = 6
+
+
 async def _runs(c: Client, kitchen: str = "k-dawn") -> list:
     """A kitchen's stored runs by departure: id, depart_at and the orders they carry (every run,
     one without orders too)."""
@@ -50,9 +55,7 @@ async def _runs(c: Client, kitchen: str = "k-dawn") -> list:
 
 async def test_planner_merges_runs_and_commits_a_checked_plan(demo: Client) -> None:
     a = await _place(demo, "a", "s03", 120)
-    # 6 minutes later: beyond admission's join window (4 minutes), so its own run at first; for the
-    # optimizer, 6 minutes of hold cost less than a second courier trip (W_RUN, 10)
-    b = await _place(demo, "b", "s03", 126)
+    b = await _place(demo, "b", "s03", 120 + MERGEABLE_APART)
     assert len(await _runs(demo)) == 2
     ctx = demo.app[CTX]
     out = await replan_kitchen(ctx, "k-dawn", 2.0)
@@ -112,7 +115,10 @@ async def test_re_plans_of_two_kitchens_make_runs_of_their_own(demo: Client) -> 
     mine: dict[str, set[str]] = {}
     # each pair ends up on a run leaving at a minute neither had before: a new run, a new id
     for kitchen, station, sku, eta in (("k-oven", "s05", "yogurt", 120), ("k-dawn", "s03", "soy-milk", 121)):
-        pair = [await _place(demo, who, station, m, sku, kitchen) for who, m in (("a", eta), ("b", eta + 6))]
+        pair = [
+            await _place(demo, who, station, m, sku, kitchen)
+            for who, m in (("a", eta), ("b", eta + MERGEABLE_APART))
+        ]
         before = {r["id"] for r in await _runs(demo, kitchen)}
         out = await replan_kitchen(ctx, kitchen, 2.0)
         assert out.result == "committed", out

@@ -60,6 +60,22 @@ def bakery_before_first_eta(
     return w, PlanState(w), id_factory(), eta, eta - before
 
 
+def placed(
+    w: World,
+    state: PlanState,
+    oid: str,
+    eta: int,
+    items: dict[str, int],
+    now: int,
+    new_id: Callable[[str], str],
+) -> Insertion:
+    """An order of the bakery for north, admitted (it must fit) and applied."""
+    ins = admit(w, state, OrderReq(oid, "bakery", "north", eta, items), now, S, new_id)
+    assert isinstance(ins, Insertion), ins
+    state.apply(ins)
+    return ins
+
+
 def slot_time_held(st: PlanState) -> tuple[list[str], dict[Any, Any], dict[str, list[str]]]:
     """All a state holds of slot time, comparable between states: the plan's reservations, the
     slots' books and each order's reservations."""
@@ -135,17 +151,14 @@ def test_a_run_arriving_a_little_after_the_target_is_joined_and_one_arriving_at_
     ``late_join`` minutes after its target still beats nearly every commuter, and saves a trip; one
     arriving later than that goes on a new run at its target."""
     w, state, new_id, eta, now = bakery_before_first_eta(couriers=2)
-    a = admit(w, state, OrderReq("a", "bakery", "north", eta, {"croissant": 1}), now, S, new_id)
-    assert isinstance(a, Insertion) and a.deposit == eta - S.margin
-    state.apply(a)
+    a = placed(w, state, "a", eta, {"croissant": 1}, now, new_id)
+    assert a.deposit == eta - S.margin
     b_eta = a.deposit + S.margin - S.late_join  # a's run arrives late_join after b's target
-    b = admit(w, state, OrderReq("b", "bakery", "north", b_eta, {"croissant": 1}), now, S, new_id)
-    assert isinstance(b, Insertion) and not b.run_is_new and b.run.id == a.run.id
-    state.apply(b)
+    b = placed(w, state, "b", b_eta, {"croissant": 1}, now, new_id)
+    assert not b.run_is_new and b.run.id == a.run.id
     c_eta = a.deposit  # a's run arrives at c's eta, margin minutes after its target
-    c = admit(w, state, OrderReq("c", "bakery", "north", c_eta, {"croissant": 1}), now, S, new_id)
-    assert isinstance(c, Insertion) and c.run_is_new and c.deposit == c_eta - S.margin
-    state.apply(c)
+    c = placed(w, state, "c", c_eta, {"croissant": 1}, now, new_id)
+    assert c.run_is_new and c.deposit == c_eta - S.margin
     assert check(w, state.plan, S) == []
 
 
@@ -154,14 +167,11 @@ def test_waiting_a_minute_past_the_target_for_a_courier_beats_a_run_long_before_
     target is a minute before the courier could be there again: b goes on a new run arriving a
     minute after its target, not on a's run, which arrives 19 minutes before it."""
     w, state, new_id, eta, now = bakery_before_first_eta(couriers=1)
-    a = admit(w, state, OrderReq("a", "bakery", "north", eta, {"juice": 1}), now, S, new_id)
-    assert isinstance(a, Insertion)
-    state.apply(a)
+    a = placed(w, state, "a", eta, {"juice": 1}, now, new_id)
     travel = w.kitchens["bakery"].travel["north"]
     b_target = a.run.back + travel - 1  # the earliest arrival of a new run, less a minute
-    b = admit(w, state, OrderReq("b", "bakery", "north", b_target + S.margin, {"juice": 1}), now, S, new_id)
-    assert isinstance(b, Insertion) and b.run_is_new and b.deposit == b_target + 1
-    state.apply(b)
+    b = placed(w, state, "b", b_target + S.margin, {"juice": 1}, now, new_id)
+    assert b.run_is_new and b.deposit == b_target + 1
     assert check(w, state.plan, S) == []
 
 
@@ -245,16 +255,11 @@ def test_shift_earlier_uses_idle_oven_time_so_a_later_order_fits() -> None:
 
 
 def _juice_pair(couriers: int) -> tuple[World, PlanState, Callable[[str], str], int]:
-    """Two juices to north, the second's eta 4 minutes after the first's: it joins the first's run
-    (run aware admission), which arrives 4 minutes before the second needs it."""
-    w = world()
-    w.kitchens["bakery"] = replace(w.kitchens["bakery"], couriers=couriers)
-    state, new_id = PlanState(w), id_factory()
-    eta = morning()[0][1].eta
-    for oid, e in (("first", eta), ("second", eta + 4)):
-        ins = admit(w, state, OrderReq(oid, "bakery", "north", e, {"juice": 1}), eta - 120, S, new_id)
-        assert isinstance(ins, Insertion)
-        state.apply(ins)
+    """Two juices to north, the second's eta the join window (4 minutes) after the first's: it
+    joins the first's run (run aware admission), which arrives that much before the second needs it."""
+    w, state, new_id, eta, now = bakery_before_first_eta(couriers=couriers)
+    for oid, e in (("first", eta), ("second", eta + S.join_window)):
+        placed(w, state, oid, e, {"juice": 1}, now, new_id)
     assert state.run_of["first"] == state.run_of["second"]
     assert state.plan.runs[state.run_of["second"]].arrive == eta - S.margin
     return w, state, new_id, eta
@@ -270,7 +275,8 @@ def _pack_end(state: PlanState, oid: str) -> int:
 
 def test_settle_late_puts_a_parcel_that_would_wait_on_a_later_run_when_a_courier_is_free() -> None:
     """Near departure, the second juice goes on a run of its own arriving at its target, packed as
-    late as that allows: ready 4 minutes later, so 4 minutes less in the cabinet. The first stays."""
+    late as that allows: ready the join window (4 minutes) later, so that much less in the cabinet.
+    The first stays."""
     from solver.consolidate import settle_late
 
     w, state, new_id, eta = _juice_pair(couriers=2)
@@ -278,9 +284,9 @@ def test_settle_late_puts_a_parcel_that_would_wait_on_a_later_run_when_a_courier
     packed = _pack_end(state, "second")
     assert settle_late(state, "bakery", eta - 25, S, new_id) == 1
     run = state.plan.runs[state.run_of["second"]]
-    assert run is not first_run and run.orders == ["second"] and run.arrive == eta + 4 - S.margin
+    assert run is not first_run and run.orders == ["second"] and run.arrive == eta + S.join_window - S.margin
     assert first_run.orders == ["first"] and first_run.arrive == eta - S.margin
-    assert _pack_end(state, "second") == run.depart >= packed + 4
+    assert _pack_end(state, "second") == run.depart >= packed + S.join_window
     assert [rv.start for rv in state.res_by_order["second"]] == [run.arrive]
     assert check(w, state.plan, S) == []
     assert settle_late(state, "bakery", eta - 25, S, new_id) == 0  # nothing left to gain
@@ -300,7 +306,7 @@ def test_settle_late_keeps_a_busy_courier_and_started_work_and_moves_a_run_left_
     state.remove("first")
     assert settle_late(state, "bakery", _pack(state, "second").start, S, new_id) == 0  # packing started
     assert settle_late(state, "bakery", eta - 25, S, new_id) == 1
-    assert state.run_of["second"] == run.id and run.arrive == eta + 4 - S.margin
+    assert state.run_of["second"] == run.id and run.arrive == eta + S.join_window - S.margin
     assert _pack_end(state, "second") == run.depart
     assert [rv.start for rv in state.res_by_order["second"]] == [run.arrive]
     assert check(w, state.plan, S) == []
