@@ -624,12 +624,12 @@ def _schedule_items(
                         del open_[j]
                         ks.roomy_ids.discard(t.id)
                         continue
-                    if t.frozen or t.start <= now:
+                    if t.started(now):
                         room = min(room, ks.handed.get(t.id, 0))
-                    if room - att.joined.get(t.id, 0) <= 0:
+                    spare = room - att.joined.get(t.id, 0)
+                    if spare <= 0:
                         continue
                     best = t
-                    spare = room - att.joined.get(t.id, 0)
                     break
                 if best is not None:
                     take = 0

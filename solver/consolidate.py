@@ -226,7 +226,7 @@ def _hand_over(
         # started batches whose food would still be fresh for the order, the freshest first
         fresh_from = order.eta + settings.grace - item.max_hold
         lo = bisect.bisect_left(tasks, fresh_from, key=lambda t: t.end)
-        made = [t for t in reversed(tasks[lo:]) if (t.frozen or t.start <= now) and t.end <= order.eta]
+        made = [t for t in reversed(tasks[lo:]) if t.started(now) and t.end <= order.eta]
         need = qty
         for src in made:
             # the orders packed last first: theirs is the most time to make it again in
@@ -262,7 +262,7 @@ def _remake(tasks: list[Task], batch: int, now: int, window: tuple[int, int, int
     with room whose timing suits it (``_fullest_suiting``)."""
     from_fresh = tasks[bisect.bisect_left(tasks, window[2], key=lambda t: t.end) :]
     by_end = itertools.takewhile(lambda t: t.end <= window[1], from_fresh)
-    waiting = [t for t in by_end if not (t.frozen or t.start <= now)]
+    waiting = [t for t in by_end if not t.started(now)]
     return _fullest_suiting(waiting, {t.id: batch - t.total_units for t in waiting}, 1, window)
 
 
@@ -315,7 +315,7 @@ def settle_late(
         for tid in state.tasks_of.get(oid, ()):
             t = plan.tasks[tid]
             if t.kind == "pack":
-                return None if t.frozen or t.start <= now else t
+                return None if t.started(now) else t
         return None
 
     def latest_pack(t: Task, end_by: int) -> int | None:

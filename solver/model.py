@@ -425,6 +425,10 @@ class Task:
     def total_units(self) -> int:
         return sum(self.units.values())
 
+    def started(self, now: int) -> bool:
+        """Started by ``now``, or held where it is: it never moves, and takes no new units."""
+        return self.frozen or self.start <= now
+
 
 @dataclass
 class Run:

@@ -123,7 +123,7 @@ class Optimizer:
             rid = state.run_of.get(o.id)
             if rid is None or plan.runs[rid].depart <= now or plan.runs[rid].frozen:
                 continue
-            if any(plan.tasks[t].start <= now or plan.tasks[t].frozen for t in state.tasks_of[o.id]):
+            if any(plan.tasks[t].started(now) for t in state.tasks_of[o.id]):
                 continue
             if any(rv.start <= now or rv.frozen for rv in state.res_by_order[o.id]):
                 continue
@@ -235,7 +235,7 @@ class Optimizer:
         pool: dict[tuple[str, int], list[Task]] = defaultdict(list)
         for (sku, step), lst in ks.batches.items():
             for t in lst:
-                if t.start <= now or t.frozen:
+                if t.started(now):
                     continue
                 pool[(sku, step)].append(t)
                 stay[t.id] = sum(u for o, u in t.units.items() if o not in movable)

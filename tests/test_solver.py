@@ -68,9 +68,10 @@ def placed(
     items: dict[str, int],
     now: int,
     new_id: Callable[[str], str],
+    station: str = "north",
 ) -> Insertion:
-    """An order of the bakery for north, admitted (it must fit) and applied."""
-    ins = admit(w, state, OrderReq(oid, "bakery", "north", eta, items), now, S, new_id)
+    """An order of the bakery for ``station``, admitted (it must fit) and applied."""
+    ins = admit(w, state, OrderReq(oid, "bakery", station, eta, items), now, S, new_id)
     assert isinstance(ins, Insertion), ins
     state.apply(ins)
     return ins
@@ -205,12 +206,8 @@ def test_consolidation_merges_a_later_batch_into_an_earlier_one_that_keeps_it_fr
     from solver.consolidate import consolidate
 
     w, state, new_id, eta, now = bakery_before_first_eta(pack=2, couriers=2)  # one oven is the point
-    late = admit(w, state, OrderReq("late", "bakery", "north", eta + 16, {"croissant": 3}), now, S, new_id)
-    assert isinstance(late, Insertion)
-    state.apply(late)
-    early = admit(w, state, OrderReq("early", "bakery", "north", eta, {"croissant": 2}), now, S, new_id)
-    assert isinstance(early, Insertion) and not early.joins
-    state.apply(early)
+    placed(w, state, "late", eta + 16, {"croissant": 3}, now, new_id)
+    assert not placed(w, state, "early", eta, {"croissant": 2}, now, new_id).joins
     assert len([t for t in state.plan.tasks.values() if t.resource == "oven"]) == 2
     moved: list[str] = []
     assert consolidate(state, "bakery", now, S, moved.append) == 1
@@ -229,9 +226,7 @@ def test_shift_earlier_uses_idle_oven_time_so_a_later_order_fits() -> None:
     from solver.consolidate import shift_earlier
 
     w, state, new_id, eta, now = bakery_before_first_eta(couriers=2, before=150)
-    bread = admit(w, state, OrderReq("loaf", "bakery", "south", eta, {"bread": 1}), now, S, new_id)
-    assert isinstance(bread, Insertion)
-    state.apply(bread)
+    placed(w, state, "loaf", eta, {"bread": 1}, now, new_id, "south")
     oven = next(t for t in state.plan.tasks.values() if t.resource == "oven")
     before = (oven.start, oven.end)
     deposit = state.plan.runs[state.run_of["loaf"]].arrive
@@ -699,13 +694,8 @@ def test_a_refused_order_takes_a_loaf_made_for_a_later_one_which_is_baked_again_
     from solver.consolidate import admit_handing_over, shift_earlier
 
     w, state, new_id, eta, now = bakery_before_first_eta(couriers=2, before=150)
-    for order in (
-        OrderReq("later", "bakery", "south", eta + 60, {"bread": 1}),
-        OrderReq("buns", "bakery", "south", eta, {"croissant": 2}),
-    ):
-        got = admit(w, state, order, now, S, new_id)
-        assert isinstance(got, Insertion)
-        state.apply(got)
+    placed(w, state, "later", eta + 60, {"bread": 1}, now, new_id, "south")
+    placed(w, state, "buns", eta, {"croissant": 2}, now, new_id, "south")
     shift_earlier(state, "bakery", now, S)
     loaf = next(t for t in state.plan.tasks.values() if t.sku == "bread")
     made = (loaf.start, loaf.end)
@@ -747,7 +737,7 @@ def test_handing_over_through_a_random_morning_keeps_every_rule_and_gives_back_w
     w = World.from_spec(NetworkSpec.model_validate(net))
     state = PlanState(w)
     new_id = id_factory()
-    placed = [
+    arrivals = [
         (so.placed_at, OrderReq(so.id, so.kitchen_id, so.station_id, so.eta, dict(so.items)))
         for so in sorted(as_sim_orders(rows), key=lambda so: (so.placed_at, so.id))
         if not so.invalid and so.eta > so.placed_at
@@ -757,7 +747,7 @@ def test_handing_over_through_a_random_morning_keeps_every_rule_and_gives_back_w
         return {t.id: (t.start, t.end, dict(t.units)) for t in state.plan.tasks.values()}
 
     won = failed = 0
-    for now, order in placed:
+    for now, order in arrivals:
         shift_earlier(state, order.kitchen_id, now, S)
         got = admit(w, state, order, now, S, new_id)
         if isinstance(got, Rejection) and got.reason == "no-kitchen-capacity":

@@ -398,7 +398,7 @@ async def load_kitchen_plan(
         mine = {o: u for o, u in t.units.items() if o in plan.orders}
         if mine or t.end > now_m:
             t.units = mine or t.units
-            t.frozen = t.frozen or t.start <= now_m
+            t.frozen = t.started(now_m)
             plan.tasks[t.id] = t
     for run in await _runs(conn, [kitchen_id], epoch):
         mine_runs = [o for o in run.orders if o in plan.orders]
