@@ -223,6 +223,19 @@ class Optimizer:
         orders = [plan.orders[i] for i in ids]
         if extra is not None:
             orders.append(extra)
+        # every variable of the model lies in [lo_h, hi_h): no work, run or slot time of these orders
+        # begins before the earliest departure any of them may take (or before where their work is
+        # now), none ends after eta plus the grace or the way back; fixed work wholly outside that
+        # cannot meet them and is left out of the model
+        lo_h = max(
+            now + 1,
+            min(
+                [o.eta - k.travel[o.station_id] - st.search_minutes for o in orders]
+                + [plan.tasks[t].start for oid in ids for t in state.tasks_of[oid]]
+                + [plan.runs[state.run_of[oid]].depart for oid in ids]
+            ),
+        )
+        hi_h = max(o.eta + max(st.grace, k.travel[o.station_id]) for o in orders)
 
         # ---- kitchen. A bundle is the units of one order in one task; it may move to another
         # batch of the same sku and step (or, for the new order, to a new task). Tasks re-time;
@@ -249,7 +262,7 @@ class Optimizer:
         def movable_var(t: Task, optional: bool) -> Any:
             dur = t.end - t.start
             w0, w1 = _window(k, t.start)
-            lo, hi = max(now + 1, w0), w1 - dur
+            lo, hi = max(lo_h, w0), min(w1, hi_h) - dur
             if lo > hi:
                 return None
             sv = m.new_int_var(lo - base, hi - base, f"s_{t.id}")
@@ -275,7 +288,9 @@ class Optimizer:
             if movable_var(t, optional=False) is None:
                 return None
         for t in plan.tasks.values():
-            if t.kitchen_id != kid or (t.id in start and not isinstance(start[t.id], int)) or t.end <= now:
+            if t.kitchen_id != kid or (t.id in start and not isinstance(start[t.id], int)):
+                continue
+            if t.end <= lo_h or t.start >= hi_h:
                 continue
             s0 = max(t.start, now)
             intervals[t.resource].append(m.new_fixed_size_interval_var(s0 - base, t.end - s0, ""))
@@ -322,7 +337,7 @@ class Optimizer:
             if cur is None:
                 # the new order may also take a task of its own
                 w0, w1 = _window(k, extra.eta - k.travel[extra.station_id]) if extra else (now, now)
-                lo, hi = max(now + 1, w0), min(w1 - dur, extra.eta if extra else now)
+                lo, hi = max(lo_h, w0), min(w1 - dur, extra.eta if extra else now)
                 if lo > hi:
                     return None
                 own = m.new_int_var(lo - base, hi - base, "")
@@ -374,7 +389,7 @@ class Optimizer:
                     pv = start[movable_pack[o.id].id]
                 else:
                     w0, w1 = _window(k, o.eta - k.travel[o.station_id])
-                    lo, hi = max(now + 1, w0), min(w1 - pdur, o.eta)
+                    lo, hi = max(lo_h, w0), min(w1 - pdur, o.eta)
                     if lo > hi:
                         return None
                     pv = m.new_int_var(lo - base, hi - base, "")
@@ -399,7 +414,7 @@ class Optimizer:
         fixed_load: dict[str, int] = {}
         courier_ivs = []
         for r in plan.runs.values():
-            if r.kitchen_id != kid or r.back <= now:
+            if r.kitchen_id != kid or r.back <= lo_h or r.depart >= hi_h:
                 continue
             staying = [o for o in r.orders if o not in movable]
             if not staying:
@@ -512,7 +527,9 @@ class Optimizer:
                 groups[(cabinet_of[o.id], zone)].append((iv, SIZE_RANK[size]))
         held: dict[tuple[str, str], list[Reservation]] = defaultdict(list)  # slot time that stays
         for rv in plan.reservations:
-            if (rv.cabinet_id, rv.zone) in groups and rv.order_id not in movable and rv.end > now:
+            if (rv.cabinet_id, rv.zone) in groups and rv.order_id not in movable and rv.end > lo_h:
+                if rv.start >= hi_h:
+                    continue
                 held[(rv.cabinet_id, rv.zone)].append(rv)
         for (cab, zone), members_cz in groups.items():
             for rv in held[(cab, zone)]:
