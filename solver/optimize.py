@@ -96,7 +96,12 @@ class Optimizer:
     """``new_id`` names the runs and tasks a re-plan or repair makes. The default numbers them per
     optimizer, which is enough for one plan held in memory (the simulator's); a service that makes
     an optimizer per re-plan and stores every kitchen's plan in one database must pass ids unique
-    across all of them."""
+    across all of them.
+
+    ``deterministic``: the ``seconds`` of a re-plan or repair are CP-SAT's deterministic time (work
+    counted, not measured) with one worker, so the same plan and order always give the same result,
+    however busy the machine is (the simulator's replays); by default they are wall-clock seconds
+    (the service's, which must answer in time)."""
 
     def __init__(
         self,
@@ -105,11 +110,13 @@ class Optimizer:
         seed: int = 0,
         workers: int = 2,
         new_id: Callable[[str], str] | None = None,
+        deterministic: bool = False,
     ) -> None:
         self.world = world
         self.settings = settings
         self.seed = seed
         self.workers = workers
+        self.deterministic = deterministic
         self._new_id = new_id or id_factory("x")
 
     # ------------------------------------------------------------------ partition
@@ -144,7 +151,8 @@ class Optimizer:
         # ``seconds`` bounds the whole re-plan: 15% is kept for reading the solution out of CP-SAT,
         # checking and committing it (on 500 orders: 0.08 s, then 0.05-0.12 s; a tenth was not
         # always enough)
-        sol = self._solve(state, kid, now, ids, None, 0.85 * seconds - (time.perf_counter() - t0))
+        budget = seconds if self.deterministic else 0.85 * seconds - (time.perf_counter() - t0)
+        sol = self._solve(state, kid, now, ids, None, budget)
         if sol is None:
             return ReoptReport(False, "no solution", len(ids), before, None, None, time.perf_counter() - t0)
         if sol.objective >= before:
@@ -566,8 +574,11 @@ class Optimizer:
         m.minimize(sum(terms))
 
         solver = cp_model.CpSolver()
-        # the time limit is for the whole call: what building the model took is taken off
-        solver.parameters.max_time_in_seconds = max(0.05, seconds - (time.perf_counter() - t_start))
+        if self.deterministic:
+            solver.parameters.max_deterministic_time = seconds
+        else:
+            # the time limit is for the whole call: what building the model took is taken off
+            solver.parameters.max_time_in_seconds = max(0.05, seconds - (time.perf_counter() - t_start))
         solver.parameters.random_seed = self.seed
         # CP-SAT would take over Ctrl-C while it solves and leave SIGINT's default action behind
         # (the process dies at once: no shutdown, the embedded PostgreSQL left running)
@@ -578,7 +589,7 @@ class Optimizer:
             solver.parameters.cp_model_presolve = False
             solver.parameters.stop_after_first_solution = True
         else:
-            solver.parameters.num_workers = self.workers
+            solver.parameters.num_workers = 1 if self.deterministic else self.workers
             # presolve of a large partition can eat the whole time limit
             solver.parameters.cp_model_presolve = len(ids) <= 150
         status = solver.solve(m)

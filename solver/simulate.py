@@ -9,6 +9,9 @@ Policies:
   then a bounded CP-SAT repair;
   every few virtual minutes, per kitchen, the same two passes followed by CP-SAT re-optimization;
   and every other virtual minute the runs about to leave are settled (``settle_late``).
+
+CP-SAT's limits are work, not seconds, unless ``SimConfig.deterministic`` is off: the same morning
+gives the same plan and figures whatever else the machine is doing.
 """
 
 from __future__ import annotations
@@ -69,8 +72,15 @@ class SimConfig:
     policy: str = "optimized"
     settings: Settings = field(default_factory=Settings)
     reopt_every: int = 20  # virtual minutes between background re-optimizations of a kitchen
-    reopt_seconds: float = 0.3  # CP-SAT time limit of one re-optimization
-    repair_seconds: float = 0.3  # CP-SAT time limit of one repair (it stops at the first fit)
+    # deterministic: CP-SAT's limits count work, with one worker (``Optimizer``), and repairs are
+    # counted, so a morning replays to the same plan and figures however busy the machine is;
+    # otherwise the limits and the repair budget are wall-clock seconds, as in the service
+    deterministic: bool = True
+    reopt_work: float = 0.05  # CP-SAT's deterministic time limit of one re-optimization
+    repair_work: float = 0.02  # of one repair (it stops at the first fit)
+    repairs_per_order: float = 0.1  # at most this many repairs per order in the file
+    reopt_seconds: float = 0.3  # not deterministic: CP-SAT time limit of one re-optimization
+    repair_seconds: float = 0.3  # of one repair
     repair_budget_per_order: float = 0.004  # total repair wall time: this much per order in the file
     repair_budget_seconds: float | None = None  # or this much in all
     settle_every: int = 2  # virtual minutes between settling the runs about to leave (0: never)
@@ -118,7 +128,10 @@ def simulate(
     if cfg.policy == "optimized":
         from .optimize import Optimizer
 
-        optimizer = Optimizer(world, settings, seed=cfg.seed)
+        optimizer = Optimizer(world, settings, seed=cfg.seed, deterministic=cfg.deterministic)
+    reopt_limit = cfg.reopt_work if cfg.deterministic else cfg.reopt_seconds
+    repair_limit = cfg.repair_work if cfg.deterministic else cfg.repair_seconds
+    repairs_left = math.floor(cfg.repairs_per_order * len(orders)) if cfg.deterministic else len(orders)
     repair_spent = 0.0
     unmerged: set[str] = set()  # kitchens whose plan changed since their last consolidation
     settling = optimizer is not None and cfg.settle_every > 0
@@ -139,7 +152,7 @@ def simulate(
             for kid in sorted(changed):
                 _make_room(state, kid, now, settings, stats)
                 unmerged.discard(kid)
-                rep = optimizer.reoptimize(state, kid, now, cfg.reopt_seconds)
+                rep = optimizer.reoptimize(state, kid, now, reopt_limit)
                 stats["reopt_runs"] += 1
                 stats["reopt_improved"] += int(rep.improved)
                 if rep.improved:
@@ -186,10 +199,16 @@ def simulate(
             changed.add(order.kitchen_id)
             unmerged.add(order.kitchen_id)
             outcomes[so.id] = Outcome(so, "confirmed", cabinet_id=order.cabinet_id or "")
-        elif optimizer is not None and res.reason.startswith("no-") and repair_spent < budget:
+        elif (
+            optimizer is not None
+            and res.reason.startswith("no-")
+            and repairs_left > 0
+            and (cfg.deterministic or repair_spent < budget)
+        ):
             stats["repairs_tried"] += 1
+            repairs_left -= 1
             r0 = time.perf_counter()
-            won = optimizer.repair(state, order, now, cfg.repair_seconds)
+            won = optimizer.repair(state, order, now, repair_limit)
             repair_spent += time.perf_counter() - r0
             if won:
                 stats["repairs_won"] += 1
