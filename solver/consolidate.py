@@ -68,18 +68,26 @@ def consolidate(
         batch = k.menu[sku].steps[step - 1][2]
         if batch <= 1:
             continue
-        movable = [t for t in tasks if not t.frozen and t.start > now]
+        # by start (equal starts keep their order), so the batches a window admits are a slice
+        movable = sorted((t for t in tasks if not t.started(now)), key=lambda t: t.start)
         if len(movable) < 2:
             continue
+        starts = [t.start for t in movable]
+        shortest = min(t.end - t.start for t in movable)
+        room = {t.id: batch - t.total_units for t in movable}
         # the emptiest first; each goes whole or not at all
         for a in sorted(movable, key=lambda t: (t.total_units, t.start)):
-            if a.id not in state.plan.tasks or (only is not None and not only.issuperset(a.units)):
+            if only is not None and not only.issuperset(a.units):
                 continue
-            spare = {b.id: batch - b.total_units for b in movable if b is not a and b.id in state.plan.tasks}
+            spare = dict(room)
+            del spare[a.id]
             plan: list[tuple[str, int, Task]] = []
             for oid, n in sorted(a.units.items(), key=lambda kv: -kv[1]):
                 window = _window(state, oid, sku, step, settings)
-                best = _fullest_suiting((b for b in movable if b is not a), spare, n, window)
+                near = movable[
+                    bisect.bisect_left(starts, window[0]) : bisect.bisect_right(starts, window[1] - shortest)
+                ]
+                best = _fullest_suiting((b for b in near if b is not a), spare, n, window)
                 if best is None:
                     break
                 spare[best.id] -= n
@@ -87,10 +95,13 @@ def consolidate(
             else:
                 for oid, n, b in plan:
                     state.move_units(oid, a, b, n)
+                    room[b.id] -= n
                     if moved is not None:
                         moved(oid)
                 state._drop_task(a)
-                movable.remove(a)
+                i = next(i for i, t in enumerate(movable) if t is a)
+                del movable[i], starts[i]
+                del room[a.id]
                 emptied += 1
     return emptied
 
