@@ -117,6 +117,9 @@ class Optimizer:
         self.seed = seed
         self.workers = workers
         self.deterministic = deterministic
+        # constraints of the CP-SAT models built so far: a measure of the work done that does not
+        # depend on the machine (the simulator budgets its repairs with it)
+        self.model_constraints = 0
         self._new_id = new_id or id_factory("x")
 
     # ------------------------------------------------------------------ partition
@@ -572,6 +575,7 @@ class Optimizer:
         terms.extend(W_TASK * lit for lit in presence.values())
         terms.extend(W_TASK * lit for _, lit, _ in new_tasks if lit is not None)
         m.minimize(sum(terms))
+        self.model_constraints += len(m.proto.constraints)
 
         solver = cp_model.CpSolver()
         if self.deterministic:

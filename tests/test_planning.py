@@ -105,6 +105,19 @@ def test_optimized_serves_at_least_as_many_as_greedy_on_a_tight_morning() -> Non
     assert results["optimized"]["on_time_rate"] >= results["greedy"]["on_time_rate"]
 
 
+def test_the_simulators_repairs_stop_once_their_models_have_used_the_budget() -> None:
+    w, orders = small_city(orders=200, seed=7, tightness=2.5)
+    full = simulate(w, orders, SimConfig())
+    tried, size = full.stats["repairs_tried"], full.stats["repair_constraints"]
+    assert tried >= 4 and size > 0
+    half = simulate(w, orders, SimConfig(repair_constraints_per_order=size // 2 // len(orders)))
+    assert 1 <= half.stats["repairs_tried"] < tried
+    assert half.stats["repair_constraints"] < size
+    none = simulate(w, orders, SimConfig(repair_constraints_per_order=0))
+    assert none.stats.get("repairs_tried", 0) == 0
+    assert half.violations == none.violations == []
+
+
 def test_a_replay_gives_the_same_plan_however_busy_the_machine_is() -> None:
     """The simulator's CP-SAT counts work, not seconds, and its repairs are counted: a morning
     replayed while another thread keeps a core busy gives the same plan and the same figures."""
