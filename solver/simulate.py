@@ -81,7 +81,7 @@ class SimConfig:
     repair_work: float = 0.02  # of one repair (it stops at the first fit)
     # repairs stop once their models have held this many constraints per order in the file; a
     # repair's has about 2,000 on a 1k morning, 6,700 on a 10k one of 3 kitchens, and takes about
-    # 0.03 and 0.17 s: the budget keeps a bigger or tighter morning's repairs to some 50 s a 10k
+    # 0.03 and 0.17 s: the budget keeps the repairs of a 10k morning, however tight, to about 50 s
     repair_constraints_per_order: int = 200
     reopt_seconds: float = 0.3  # not deterministic: CP-SAT time limit of one re-optimization
     repair_seconds: float = 0.3  # of one repair
