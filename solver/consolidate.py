@@ -65,7 +65,7 @@ def consolidate(
     k = ks.view
     emptied = 0
     for (sku, step), tasks in list(ks.batches.items()):
-        batch = k.menu[sku].steps[step - 1][2]
+        _, minutes, batch = k.menu[sku].steps[step - 1]
         if batch <= 1:
             continue
         # by start (equal starts keep their order), so the batches a window admits are a slice
@@ -73,7 +73,6 @@ def consolidate(
         if len(movable) < 2:
             continue
         starts = [t.start for t in movable]
-        shortest = min(t.end - t.start for t in movable)
         room = {t.id: batch - t.total_units for t in movable}
         # the emptiest first; each goes whole or not at all
         for a in sorted(movable, key=lambda t: (t.total_units, t.start)):
@@ -85,7 +84,7 @@ def consolidate(
             for oid, n in sorted(a.units.items(), key=lambda kv: -kv[1]):
                 window = _window(state, oid, sku, step, settings)
                 near = movable[
-                    bisect.bisect_left(starts, window[0]) : bisect.bisect_right(starts, window[1] - shortest)
+                    bisect.bisect_left(starts, window[0]) : bisect.bisect_right(starts, window[1] - minutes)
                 ]
                 best = _fullest_suiting((b for b in near if b is not a), spare, n, window)
                 if best is None:

@@ -236,14 +236,13 @@ class Optimizer:
             orders.append(extra)
         # every variable of the model lies in [lo_h, hi_h): no work, run or slot time of these orders
         # begins before the earliest departure any of them may take (or before where their work is
-        # now), none ends after eta plus the grace or the way back; fixed work wholly outside that
-        # cannot meet them and is left out of the model
+        # now, which comes before their runs), none ends after eta plus the grace or the way back;
+        # fixed work wholly outside that cannot meet them and is left out of the model
         lo_h = max(
             now + 1,
             min(
                 [o.eta - k.travel[o.station_id] - st.search_minutes for o in orders]
                 + [plan.tasks[t].start for oid in ids for t in state.tasks_of[oid]]
-                + [plan.runs[state.run_of[oid]].depart for oid in ids]
             ),
         )
         hi_h = max(o.eta + max(st.grace, k.travel[o.station_id]) for o in orders)

@@ -124,8 +124,13 @@ def simulate(
     stats: dict[str, Any] = defaultdict(float)
     queue = sorted(orders, key=lambda o: o.placed_at)
     next_reopt = queue[0].placed_at if queue else 0
-    budget = cfg.repair_budget_seconds
-    if budget is None:
+    # repairs go on while what they spent is under the budget: their models' constraints when
+    # deterministic, else seconds
+    if cfg.deterministic:
+        budget: float = cfg.repair_constraints_per_order * len(orders)
+    elif cfg.repair_budget_seconds is not None:
+        budget = cfg.repair_budget_seconds
+    else:
         budget = cfg.repair_budget_per_order * len(orders)
     changed: set[str] = set()  # kitchens with new orders since their last re-optimization
     optimizer = None
@@ -206,11 +211,7 @@ def simulate(
         elif (
             optimizer is not None
             and res.reason.startswith("no-")
-            and (
-                repair_size < cfg.repair_constraints_per_order * len(orders)
-                if cfg.deterministic
-                else repair_spent < budget
-            )
+            and (repair_size if cfg.deterministic else repair_spent) < budget
         ):
             stats["repairs_tried"] += 1
             r0, size0 = time.perf_counter(), optimizer.model_constraints

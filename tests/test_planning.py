@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from solver.check import check
 from solver.generate import as_sim_orders, generate
 from solver.model import NetworkSpec, OrderReq, Settings, World
 from solver.optimize import Optimizer
-from solver.simulate import SimConfig, report, simulate
+from solver.simulate import SimConfig, SimResult, report, simulate
 
 from .conftest import EXAMPLES
 from .test_solver import morning, world
@@ -93,12 +94,25 @@ def test_simulation_of_the_tiny_morning_passes_the_checker_for_both_policies() -
         assert rep["rejected_by_reason"].get("too-late", 0) >= 1  # t08: ordered 10 min ahead
 
 
+@functools.cache
+def tight_morning() -> tuple[World, list]:
+    return small_city(orders=200, seed=7, tightness=2.5)
+
+
+@functools.cache
+def tight_morning_optimized() -> SimResult:
+    """The tight morning replayed with the default settings, once for the tests that read it
+    (a replay is deterministic: every call would give the same)."""
+    w, orders = tight_morning()
+    return simulate(w, orders, SimConfig())
+
+
 def test_optimized_serves_at_least_as_many_as_greedy_on_a_tight_morning() -> None:
-    w, orders = small_city(orders=200, seed=7, tightness=2.5)
+    w, orders = tight_morning()
     results = {}
     for policy in ("greedy", "optimized"):
         cfg = SimConfig(policy=policy)
-        res = simulate(w, orders, cfg)
+        res = simulate(w, orders, cfg) if policy == "greedy" else tight_morning_optimized()
         assert res.violations == []
         results[policy] = report(w, res, cfg, None)
     assert results["optimized"]["served"] >= results["greedy"]["served"]
@@ -106,8 +120,8 @@ def test_optimized_serves_at_least_as_many_as_greedy_on_a_tight_morning() -> Non
 
 
 def test_the_simulators_repairs_stop_once_their_models_have_used_the_budget() -> None:
-    w, orders = small_city(orders=200, seed=7, tightness=2.5)
-    full = simulate(w, orders, SimConfig())
+    w, orders = tight_morning()
+    full = tight_morning_optimized()
     tried, size = full.stats["repairs_tried"], full.stats["repair_constraints"]
     assert tried >= 4 and size > 0
     half = simulate(w, orders, SimConfig(repair_constraints_per_order=size // 2 // len(orders)))
@@ -119,13 +133,14 @@ def test_the_simulators_repairs_stop_once_their_models_have_used_the_budget() ->
 
 
 def test_a_replay_gives_the_same_plan_however_busy_the_machine_is() -> None:
-    """The simulator's CP-SAT counts work, not seconds, and its repairs are counted: a morning
-    replayed while another thread keeps a core busy gives the same plan and the same figures."""
+    """The simulator's CP-SAT counts work, not seconds, and its repair budget counts the repairs'
+    model constraints: a morning replayed while another thread keeps a core busy gives the same
+    plan and the same figures."""
     import threading
 
-    w, orders = small_city(orders=200, seed=7, tightness=2.5)
+    w, orders = tight_morning()
     cfg = SimConfig(policy="optimized")
-    quiet = simulate(w, orders, cfg)
+    quiet = tight_morning_optimized()
     assert quiet.stats["repairs_tried"] > 0 and quiet.stats["reopt_runs"] > 0  # CP-SAT had a say
     stop = threading.Event()
 
